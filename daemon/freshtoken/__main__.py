@@ -1,0 +1,5 @@
+import sys
+
+from freshtoken.cli import main
+
+sys.exit(main())
