@@ -1,0 +1,244 @@
+"""The command line: argparse, printing, exit codes, logging set-up. Nothing imports this module.
+
+Heavy modules (requests, yaml, apscheduler) are imported inside the commands
+that need them, so that `freshtoken get` starts about as fast as Python does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import IO, Any
+
+from freshtoken import __version__
+from freshtoken.errors import FreshtokenError, UsageError
+
+# A one-shot command over several accounts ends with the worst outcome.
+SEVERITY = {0: 0, 75: 1, 1: 2, 78: 3}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="freshtoken", description="Keep OAuth 2.0 access tokens fresh in files.")
+    parser.add_argument("-c", "--config", metavar="CONFIG", help="config file (default: $FRESHTOKEN_CONFIG, ./freshtoken.yaml, ~/.config/freshtoken/config.yaml, /etc/freshtoken/config.yaml)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--version", action="version", version=f"freshtoken {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", help="the daemon, in the foreground (systemd runs it)")
+
+    login = sub.add_parser("login", help="log in through the browser and store the refresh token")
+    login.add_argument("account")
+    login.add_argument("--no-browser", action="store_true", help="print the URL instead of opening a browser")
+    login.add_argument("--manual", action="store_true", help="paste the redirected URL instead of listening (headless hosts)")
+    login.add_argument("--timeout", type=_duration, default=300, metavar="S", help="give up after this long (default 5m)")
+
+    refresh = sub.add_parser("refresh", help="refresh now, then exit")
+    refresh.add_argument("accounts", nargs="*", metavar="ACCOUNT")
+    refresh.add_argument("--if-needed", action="store_true", help="only accounts whose token is inside the refresh margin")
+
+    get = sub.add_parser("get", help="print the current token (reads only the token dir)")
+    get.add_argument("account")
+    get.add_argument("--format", choices=("raw", "json", "header", "env"), default="raw")
+    get.add_argument("--min-valid", type=_duration, default=0, metavar="DURATION", help="fail unless the token is valid for at least this long")
+    get.add_argument("--token-dir", metavar="DIR")
+
+    status = sub.add_parser("status", help="per account: state, expiry, last refresh, last error")
+    status.add_argument("--json", action="store_true")
+
+    sub.add_parser("check-config", help="validate the config and print what it would do")
+
+    demo = sub.add_parser("demo", help="the daemon against a built-in loopback authorization server")
+    demo.add_argument("--duration", type=_duration, default=None, metavar="D", help="stop after this long (default: until Ctrl-C)")
+    demo.add_argument("--lifetime", type=_duration, default=20, metavar="D", help="access-token lifetime the demo server issues (default 20s)")
+    return parser
+
+
+def _duration(text: str) -> int:
+    from freshtoken.durations import parse_duration
+
+    try:
+        return parse_duration(int(text) if text.isdigit() else text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+) -> int:
+    environ = os.environ if environ is None else environ
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        handler = COMMANDS[args.command]
+        return handler(args, environ, out, err)
+    except FreshtokenError as exc:
+        print(f"freshtoken: {exc}", file=err)
+        return exc.exit_code
+    except BrokenPipeError:
+        # `freshtoken get x | head -c 5`: the reader left; that is not an error of ours.
+        _silence_stdout()
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_get(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
+    from freshtoken.reader import get
+
+    config_token_dir = None
+    if args.config and not args.token_dir:
+        config_token_dir = str(_load_config(args, environ).token_dir)
+    data = get(args.account, fmt=args.format, min_valid=args.min_valid, token_dir=args.token_dir, config_token_dir=config_token_dir, environ=environ)
+    out.write(data.decode())
+    out.flush()
+    return 0
+
+
+def cmd_refresh(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
+    from freshtoken.durations import humanize
+
+    config = _load_config(args, environ)
+    _setup_logging(args.verbose, environ, err)
+    refresher = _make_refresher(config)
+    worst = 0
+    for account in _select_accounts(config, args.accounts):
+        try:
+            state = refresher.load(account)
+            threshold = refresher.margin(account, state) if args.if_needed else None
+            result = refresher.refresh(account, skip_if_valid_for=threshold)
+        except FreshtokenError as exc:
+            print(f"{account.name}: failed: {exc}", file=err)
+            worst = _worse(worst, exc.exit_code)
+            continue
+        access = result.state.access
+        left = humanize(access.expires_at - refresher.clock()) if access else "?"
+        verb = "refreshed" if result.refreshed else "still valid, not refreshed"
+        print(f"{account.name}: {verb}; expires in {left}", file=out)
+    return worst
+
+
+def cmd_status(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
+    import json
+
+    from freshtoken.status import describe, render_table
+
+    config = _load_config(args, environ)
+    rows = describe(config)
+    if args.json:
+        print(json.dumps(rows, indent=2), file=out)
+    else:
+        print(render_table(rows), file=out)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
+    from freshtoken.status import check_config
+
+    config = _load_config(args, environ)
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=err)
+    print(check_config(config), file=out)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
+    from freshtoken.daemon import run
+
+    config = _load_config(args, environ)
+    _setup_logging(args.verbose + 1, environ, err)
+    return run(config, config_loader=lambda: _load_config(args, environ))
+
+
+def cmd_login(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
+    from freshtoken.login import login
+
+    config = _load_config(args, environ)
+    _setup_logging(args.verbose, environ, err)
+    account = _select_accounts(config, [args.account])[0]
+    return login(config, account, browser=not args.no_browser, manual=args.manual, timeout=args.timeout, out=out, err=err)
+
+
+def cmd_demo(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
+    from freshtoken.demo import demo
+
+    _setup_logging(args.verbose + 1, environ, err)
+    return demo(duration=args.duration, lifetime=args.lifetime, out=out)
+
+
+COMMANDS: dict[str, Any] = {
+    "get": cmd_get,
+    "refresh": cmd_refresh,
+    "status": cmd_status,
+    "check-config": cmd_check_config,
+    "run": cmd_run,
+    "login": cmd_login,
+    "demo": cmd_demo,
+}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _load_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
+    from freshtoken import config
+
+    return config.load(config.find(args.config, environ), environ)
+
+
+def _select_accounts(config: Any, names: Sequence[str]) -> list[Any]:
+    if not names:
+        return list(config.accounts.values())
+    unknown = [n for n in names if n not in config.accounts]
+    if unknown:
+        known = ", ".join(config.accounts)
+        raise UsageError(f"unknown account {unknown[0]!r} in {config.file} (configured: {known})")
+    return [config.accounts[n] for n in dict.fromkeys(names)]
+
+
+def _make_refresher(config: Any) -> Any:
+    from freshtoken.oauth import Timeouts, TokenClient
+    from freshtoken.refresh import Refresher
+    from freshtoken.store import Store
+
+    client = TokenClient(timeouts=Timeouts(config.connect_timeout, config.read_timeout))
+    return Refresher(config, Store(config.state_dir), client)
+
+
+def _worse(a: int, b: int) -> int:
+    return a if SEVERITY.get(a, 2) >= SEVERITY.get(b, 2) else b
+
+
+def _setup_logging(verbosity: int, environ: Mapping[str, str], stream: IO[str]) -> None:
+    import logging
+
+    from freshtoken.systemd import make_log_handler
+
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(make_log_handler(environ, stream=stream))
+    root.setLevel(level)
+    # urllib3 at DEBUG logs request lines; keep it quiet whatever -v says.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)

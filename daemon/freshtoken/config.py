@@ -1,0 +1,543 @@
+"""The YAML config: find it, read it, validate every key into frozen objects.
+
+`parse` is pure (a document and an environment in, a Config or a ConfigError
+out); `load` adds the file reads: the YAML itself and `client_secret_file`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from freshtoken.durations import parse_duration
+from freshtoken.errors import ConfigError
+from freshtoken.formats import FORMATS
+from freshtoken.model import Secret
+from freshtoken.providers import PRESETS
+
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+VARIABLE = re.compile(r"\$\{([^}]*)\}")
+CLIENT_AUTHS = ("basic", "post", "none")
+GRANTS = ("refresh_token", "client_credentials")
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    path: Path
+    format: str = "raw"
+    mode: int = 0o640
+    group: str | int | None = None
+    name: str = "ACCESS_TOKEN"  # variable name for the env format
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    name: str
+    token_url: str
+    client_id: str | None
+    provider: str | None = None
+    authorize_url: str | None = None
+    grant: str = "refresh_token"
+    client_auth: str = "basic"
+    client_secret: Secret | None = None
+    client_secret_file: str | None = None  # resolved into client_secret by load()
+    refresh_token: Secret | None = None
+    scopes: tuple[str, ...] = ()
+    redirect_uri: str = "http://127.0.0.1:8888/callback"
+    pkce: bool = True
+    show_dialog: bool = False
+    refresh_margin: int | None = None
+    outputs: tuple[Output, ...] = ()
+    on_refresh: tuple[str, ...] = ()
+    refresh_token_lifetime: int | None = None
+
+    def secrets(self) -> list[str]:
+        """Every secret this account holds, for redaction checks."""
+        return [s.reveal() for s in (self.client_secret, self.refresh_token) if s]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    file: str
+    state_dir: Path
+    token_dir: Path
+    accounts: dict[str, Account]
+    refresh_margin: int | None = None
+    metrics_listen: tuple[str, int] | None = None
+    workers: int = 4
+    backoff_max: int = 300
+    hook_timeout: int = 30
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def margin_for(self, account: Account) -> int | None:
+        return account.refresh_margin if account.refresh_margin is not None else self.refresh_margin
+
+
+# ---------------------------------------------------------------- finding
+
+
+def candidate_paths(environ: Mapping[str, str]) -> list[Path]:
+    """Where the config is looked for, in the SPEC's order (after -c)."""
+    paths = []
+    if environ.get("FRESHTOKEN_CONFIG"):
+        paths.append(Path(environ["FRESHTOKEN_CONFIG"]))
+    paths.append(Path("freshtoken.yaml"))
+    xdg = environ.get("XDG_CONFIG_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".config")
+    paths.append(Path(xdg) / "freshtoken" / "config.yaml")
+    paths.append(Path("/etc/freshtoken/config.yaml"))
+    return paths
+
+
+def find(explicit: str | None, environ: Mapping[str, str]) -> Path:
+    if explicit:
+        return Path(explicit)
+    candidates = candidate_paths(environ)
+    if environ.get("FRESHTOKEN_CONFIG"):
+        return candidates[0]  # named explicitly: a missing file is an error, not a reason to look on
+    for path in candidates:
+        if path.exists():
+            return path
+    looked = ", ".join(str(p) for p in candidates)
+    raise ConfigError("freshtoken", "", f"no config file found (looked in {looked}); pass -c FILE")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate the config file, then read the secret files it names."""
+    environ = os.environ if environ is None else environ
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        info = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(file, "", "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, "", f"cannot read: {_os_reason(exc)}") from None
+    doc, lines = read_yaml(text, file)
+    config = parse(doc, file, environ, lines=lines)
+    config = resolve_secret_files(config, environ)
+    if info.st_mode & stat.S_IROTH and _has_literal_secret(doc):
+        config = replace(
+            config,
+            warnings=config.warnings
+            + (f"{file}: holds a secret but is readable by every user (chmod o-r {file}, or use ${{VAR}} / client_secret_file)",),
+        )
+    return config
+
+
+def read_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
+    """The document and a map from dotted key path to its 1-based YAML line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        doc = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark else None
+        raise ConfigError(file, "", f"malformed YAML: {exc.problem}", line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(file, "", f"malformed YAML: {exc}") from None
+    lines: dict[str, int] = {}
+    if node is not None:
+        _collect_lines(node, "", lines, file)
+    return doc, lines
+
+
+def _collect_lines(node: yaml.Node, prefix: str, lines: dict[str, int], file: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            path = f"{prefix}.{key}" if prefix else key
+            if key in seen:
+                raise ConfigError(file, path, "duplicate key", key_node.start_mark.line + 1)
+            seen.add(key)
+            lines[path] = key_node.start_mark.line + 1
+            _collect_lines(value_node, path, lines, file)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            path = f"{prefix}[{index}]"
+            lines[path] = item.start_mark.line + 1
+            _collect_lines(item, path, lines, file)
+
+
+def resolve_secret_files(config: Config, environ: Mapping[str, str]) -> Config:
+    accounts = {}
+    for name, account in config.accounts.items():
+        if account.client_secret_file:
+            secret = _read_secret_file(config.file, f"accounts.{name}.client_secret_file", account.client_secret_file, environ)
+            account = replace(account, client_secret=Secret(secret))
+        accounts[name] = account
+    return replace(config, accounts=accounts)
+
+
+def _read_secret_file(file: str, key: str, value: str, environ: Mapping[str, str]) -> str:
+    if os.path.isabs(value):
+        path = value
+    elif "/" in value:
+        raise ConfigError(file, key, f"{value!r}: give an absolute path or a bare credential name")
+    elif environ.get("CREDENTIALS_DIRECTORY"):
+        path = os.path.join(environ["CREDENTIALS_DIRECTORY"], value)
+    else:
+        raise ConfigError(file, key, f"{value!r} is a credential name but $CREDENTIALS_DIRECTORY is not set (use an absolute path outside systemd)")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            secret = handle.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, key, f"cannot read {path}: {_os_reason(exc)}") from None
+    if not secret:
+        raise ConfigError(file, key, f"{path} is empty")
+    return secret
+
+
+def _has_literal_secret(doc: Any) -> bool:
+    if not isinstance(doc, dict) or not isinstance(doc.get("accounts"), dict):
+        return False
+    for account in doc["accounts"].values():
+        if isinstance(account, dict):
+            for key in ("client_secret", "refresh_token"):
+                value = account.get(key)
+                if isinstance(value, str) and value and not VARIABLE.fullmatch(value.strip()):
+                    return True
+    return False
+
+
+def _os_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
+
+
+# ---------------------------------------------------------------- parsing (pure)
+
+
+class _Reader:
+    """Type-checked access to one mapping of the document, with errors that name the key."""
+
+    def __init__(self, doc: Any, path: str, ctx: _Context) -> None:
+        self.ctx = ctx
+        self.path = path
+        if not isinstance(doc, dict):
+            raise ctx.error(path, f"expected a mapping, got {_type_name(doc)}")
+        for key in doc:
+            if not isinstance(key, str):
+                raise ctx.error(path, f"keys must be strings, got {_type_name(key)} {key!r}")
+        self.doc: dict[str, Any] = doc
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def raw(self, name: str) -> Any:
+        self.used.add(name)
+        return self.doc.get(name)
+
+    def string(self, name: str, default: str | None = None) -> str | None:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.ctx.error(self.key(name), f"expected a string, got {_type_name(value)}")
+        return self.ctx.expand(self.key(name), str(value))
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str | None = None) -> str | None:
+        value = self.string(name, default)
+        if value is not None and value not in choices:
+            raise self.ctx.error(self.key(name), f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.ctx.error(self.key(name), f"expected true or false, got {_type_name(value)}")
+        return value
+
+    def duration(self, name: str) -> int | None:
+        value = self.raw(name)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = self.ctx.expand(self.key(name), value)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise self.ctx.error(self.key(name), str(exc)) from None
+
+    def number(self, name: str, default: float, *, minimum: float, integer: bool = False) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+            kind = "an integer" if integer else "a number"
+            raise self.ctx.error(self.key(name), f"expected {kind}, got {_type_name(value)}")
+        if value < minimum:
+            raise self.ctx.error(self.key(name), f"must be at least {minimum:g}")
+        return value
+
+    def string_list(self, name: str) -> tuple[str, ...]:
+        value = self.raw(name)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = value.split()  # "a b c" is how OAuth itself writes scopes
+        if not isinstance(value, list):
+            raise self.ctx.error(self.key(name), f"expected a list of strings, got {_type_name(value)}")
+        items = []
+        for index, item in enumerate(value):
+            key = f"{self.key(name)}[{index}]"
+            if isinstance(item, bool) or not isinstance(item, str | int | float):
+                raise self.ctx.error(key, f"expected a string, got {_type_name(item)}")
+            items.append(self.ctx.expand(key, str(item)))
+        return tuple(items)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.doc) - self.used)
+        if unknown:
+            raise self.ctx.error(self.key(unknown[0]), "unknown key" + _did_you_mean(unknown[0], self.used))
+
+
+@dataclass
+class _Context:
+    file: str
+    environ: Mapping[str, str]
+    lines: Mapping[str, int]
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, key, problem, self.lines.get(key))
+
+    def expand(self, key: str, value: str) -> str:
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if not ENV_NAME.fullmatch(name):
+                raise self.error(key, f"${{{name}}} is not a valid variable name")
+            if name not in self.environ:
+                raise self.error(key, f"environment variable {name} is not set")
+            return self.environ[name]
+
+        return VARIABLE.sub(substitute, value)
+
+
+def parse(doc: Any, file: str, environ: Mapping[str, str], *, lines: Mapping[str, int] | None = None) -> Config:
+    """Validate a loaded YAML document into a Config. Raises only ConfigError."""
+    ctx = _Context(file, environ, lines or {})
+    if doc is None:
+        raise ctx.error("", "the file is empty")
+    top = _Reader(doc, "", ctx)
+    state_dir = top.string("state_dir") or _default_state_dir(environ, ctx)
+    token_dir = top.string("token_dir") or _default_token_dir(environ, ctx)
+    for key, value in (("state_dir", state_dir), ("token_dir", token_dir)):
+        if not os.path.isabs(value):
+            raise ctx.error(key, f"{value!r} must be an absolute path")
+    margin = top.duration("refresh_margin")
+    metrics = _listen_address(top)
+    workers = int(top.number("workers", 4, minimum=1, integer=True))
+    backoff_max = top.duration("backoff_max")
+    hook_timeout = top.duration("hook_timeout")
+    connect_timeout = top.number("connect_timeout", 10.0, minimum=0.1)
+    read_timeout = top.number("read_timeout", 30.0, minimum=0.1)
+
+    raw_accounts = top.raw("accounts")
+    if raw_accounts is None:
+        raise ctx.error("accounts", "missing: the config needs at least one account")
+    accounts_reader = _Reader(raw_accounts, "accounts", ctx)
+    if not accounts_reader.doc:
+        raise ctx.error("accounts", "no accounts defined")
+    accounts = {}
+    for name in accounts_reader.doc:
+        accounts_reader.used.add(name)
+        if not ACCOUNT_NAME.fullmatch(name) or name in (".", ".."):
+            raise ctx.error(f"accounts.{name}", "account names may use only letters, digits, '_', '.' and '-'")
+        accounts[name] = _parse_account(name, accounts_reader.doc[name], ctx)
+    top.finish()
+    return Config(
+        file=file,
+        state_dir=Path(state_dir),
+        token_dir=Path(token_dir),
+        accounts=accounts,
+        refresh_margin=margin,
+        metrics_listen=metrics,
+        workers=workers,
+        backoff_max=backoff_max if backoff_max is not None else 300,
+        hook_timeout=hook_timeout if hook_timeout is not None else 30,
+        connect_timeout=float(connect_timeout),
+        read_timeout=float(read_timeout),
+    )
+
+
+def _parse_account(name: str, doc: Any, ctx: _Context) -> Account:
+    r = _Reader(doc, f"accounts.{name}", ctx)
+    provider = r.string("provider")
+    preset = None
+    if provider is not None:
+        preset = PRESETS.get(provider)
+        if preset is None and provider != "generic":
+            raise ctx.error(r.key("provider"), f"unknown provider {provider!r} (known: {', '.join([*PRESETS, 'generic'])})")
+    token_url = r.string("token_url", preset.token_url if preset else None)
+    if not token_url:
+        raise ctx.error(r.key("token_url"), "missing: give token_url or a provider preset such as 'spotify'")
+    _check_url(r, "token_url", token_url)
+    authorize_url = r.string("authorize_url", preset.authorize_url if preset else None)
+    if authorize_url:
+        _check_url(r, "authorize_url", authorize_url)
+    grant = r.choice("grant", GRANTS, "refresh_token")
+    client_auth = r.choice("client_auth", CLIENT_AUTHS, preset.client_auth if preset else "basic")
+    client_id = r.string("client_id")
+    secret_value = r.string("client_secret")
+    secret_file = r.string("client_secret_file")
+    if secret_value and secret_file:
+        raise ctx.error(r.key("client_secret_file"), "give client_secret or client_secret_file, not both")
+    if not client_id:
+        raise ctx.error(r.key("client_id"), "missing: the client id of your registered app")
+    if client_auth != "none" and not (secret_value or secret_file):
+        raise ctx.error(r.key("client_secret"), f"missing: client_auth {client_auth!r} needs client_secret or client_secret_file (or set client_auth: none for a public PKCE client)")
+    if grant == "client_credentials" and client_auth == "none":
+        raise ctx.error(r.key("client_auth"), "client_credentials needs a client secret (basic or post)")
+    refresh_token = r.string("refresh_token")
+    if grant == "client_credentials" and refresh_token:
+        raise ctx.error(r.key("refresh_token"), "client_credentials does not use a refresh token")
+    redirect_uri = r.string("redirect_uri", "http://127.0.0.1:8888/callback") or ""
+    _check_url(r, "redirect_uri", redirect_uri)
+    lifetime = r.duration("refresh_token_lifetime")
+    if lifetime is None and preset:
+        lifetime = preset.refresh_token_lifetime
+    outputs = _parse_outputs(r, ctx)
+    on_refresh = r.string_list("on_refresh")
+    if on_refresh and not os.path.isabs(on_refresh[0]):
+        raise ctx.error(r.key("on_refresh"), f"{on_refresh[0]!r}: give the program as an absolute path (hooks run without a shell or PATH search)")
+    account = Account(
+        name=name,
+        provider=provider,
+        token_url=token_url,
+        authorize_url=authorize_url,
+        grant=grant or "refresh_token",
+        client_auth=client_auth or "basic",
+        client_id=client_id,
+        client_secret=Secret(secret_value) if secret_value else None,
+        client_secret_file=secret_file,
+        refresh_token=Secret(refresh_token) if refresh_token else None,
+        scopes=r.string_list("scopes"),
+        redirect_uri=redirect_uri,
+        pkce=r.boolean("pkce", True),
+        show_dialog=r.boolean("show_dialog", False),
+        refresh_margin=r.duration("refresh_margin"),
+        outputs=outputs,
+        on_refresh=on_refresh,
+        refresh_token_lifetime=lifetime,
+    )
+    r.finish()
+    return account
+
+
+def _parse_outputs(r: _Reader, ctx: _Context) -> tuple[Output, ...]:
+    raw = r.raw("outputs")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ctx.error(r.key("outputs"), f"expected a list of outputs, got {_type_name(raw)}")
+    outputs = []
+    for index, item in enumerate(raw):
+        o = _Reader(item, f"{r.key('outputs')}[{index}]", ctx)
+        path = o.string("path")
+        if not path:
+            raise ctx.error(o.key("path"), "missing: where to write the token")
+        if not os.path.isabs(path):
+            raise ctx.error(o.key("path"), f"{path!r} must be an absolute path")
+        fmt = o.choice("format", FORMATS, "raw") or "raw"
+        mode = _parse_mode(o, ctx)
+        group = o.raw("group")
+        if group is not None:
+            if isinstance(group, bool) or not isinstance(group, str | int):
+                raise ctx.error(o.key("group"), f"expected a group name or gid, got {_type_name(group)}")
+            if isinstance(group, str):
+                group = ctx.expand(o.key("group"), group)
+        var = o.string("name", "ACCESS_TOKEN") or "ACCESS_TOKEN"
+        if not ENV_NAME.fullmatch(var):
+            raise ctx.error(o.key("name"), f"{var!r} is not a valid variable name")
+        o.finish()
+        outputs.append(Output(path=Path(path), format=fmt, mode=mode, group=group, name=var))
+    return tuple(outputs)
+
+
+def _parse_mode(o: _Reader, ctx: _Context) -> int:
+    value = o.raw("mode")
+    if value is None:
+        return 0o640
+    # YAML reads an unquoted 0640 as the integer 416 (octal); accept that too.
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ctx.error(o.key("mode"), f"expected an octal mode such as \"0640\", got {_type_name(value)}")
+    if isinstance(value, int):
+        mode = value
+    else:
+        text = value.strip()
+        if not re.fullmatch(r"0?o?[0-7]{3,4}", text):
+            raise ctx.error(o.key("mode"), f"{value!r} is not an octal mode such as \"0640\"")
+        mode = int(text.replace("o", ""), 8)
+    if not 0 <= mode <= 0o777:
+        raise ctx.error(o.key("mode"), f"{value!r} is not a file mode between 0000 and 0777")
+    if mode & 0o400 == 0:
+        raise ctx.error(o.key("mode"), f"{oct(mode)} would not let even the owner read the file")
+    if mode & 0o002:
+        raise ctx.error(o.key("mode"), f"{oct(mode)} makes a token world-writable")
+    return mode
+
+
+def _listen_address(top: _Reader) -> tuple[str, int] | None:
+    value = top.string("metrics_listen")
+    if not value:
+        return None
+    match = re.fullmatch(r"\[?([0-9A-Za-z.:-]+?)\]?:(\d{1,5})", value)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise top.ctx.error("metrics_listen", f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+    return match.group(1), int(match.group(2))
+
+
+def _check_url(r: _Reader, name: str, value: str) -> None:
+    if not re.match(r"https?://[^/\s]+", value):
+        raise r.ctx.error(r.key(name), f"{value!r} is not an http(s) URL")
+
+
+def _default_state_dir(environ: Mapping[str, str], ctx: _Context) -> str:
+    if environ.get("STATE_DIRECTORY"):
+        return environ["STATE_DIRECTORY"].split(":")[0]
+    base = environ.get("XDG_STATE_HOME") or _home_path(environ, ".local/state")
+    return os.path.join(base, "freshtoken")
+
+
+def _default_token_dir(environ: Mapping[str, str], ctx: _Context) -> str:
+    if environ.get("RUNTIME_DIRECTORY"):
+        return environ["RUNTIME_DIRECTORY"].split(":")[0]
+    if environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(environ["XDG_RUNTIME_DIR"], "freshtoken")
+    if os.geteuid() == 0:
+        return "/run/freshtoken"
+    raise ctx.error("token_dir", "not set, and neither $RUNTIME_DIRECTORY nor $XDG_RUNTIME_DIR gives a default")
+
+
+def _home_path(environ: Mapping[str, str], sub: str) -> str:
+    return os.path.join(environ.get("HOME") or os.path.expanduser("~"), sub)
+
+
+def _type_name(value: Any) -> str:
+    names: dict[type, str] = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a number", type(None): "nothing"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _did_you_mean(key: str, known: set[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
