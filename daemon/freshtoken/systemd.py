@@ -1,0 +1,142 @@
+"""systemd integration: sd_notify, the watchdog interval, journal-aware log handlers.
+
+Stdlib only; functions take the environment as a parameter, do nothing outside systemd.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from typing import TextIO
+
+__all__ = [
+    "JournalFormatter",
+    "make_log_handler",
+    "notify",
+    "reloading",
+    "stderr_is_journal",
+    "syslog_priority",
+    "watchdog_interval",
+]
+
+HUMAN_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def _payload(message: str | Mapping[str, object]) -> bytes:
+    if isinstance(message, str):
+        return message.encode()
+    # One field per line: a newline inside a value would forge another field.
+    return "\n".join(
+        f"{key}={' '.join(str(value).splitlines())}" for key, value in message.items()
+    ).encode()
+
+
+def notify(
+    message: str | Mapping[str, object], *, environ: Mapping[str, str] = os.environ
+) -> bool:
+    """Send one sd_notify datagram: ``"READY=1"`` or ``{"READY": 1, "STATUS": "ok"}``.
+
+    ``$NOTIFY_SOCKET`` is a path or, with a leading ``@``, a Linux abstract socket.
+    Returns True when the datagram was sent; False when the variable is unset or
+    sending failed (never raises for socket errors: a lost status is not fatal).
+    """
+    address = environ.get("NOTIFY_SOCKET", "")
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    elif not address.startswith("/"):
+        return False
+    try:
+        with socket.socket(
+            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+        ) as sock:
+            sock.sendto(_payload(message), address)
+    except OSError:
+        return False
+    return True
+
+
+def reloading(
+    environ: Mapping[str, str] = os.environ, *, status: str | None = None
+) -> bool:
+    """Say a reload began (RELOADING=1 with MONOTONIC_USEC); send READY=1 when done."""
+    fields: dict[str, object] = {
+        "RELOADING": 1,
+        "MONOTONIC_USEC": time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000,
+    }
+    if status is not None:
+        fields["STATUS"] = status
+    return notify(fields, environ=environ)
+
+
+def watchdog_interval(environ: Mapping[str, str] = os.environ) -> float | None:
+    """Seconds between WATCHDOG=1 pings (half ``$WATCHDOG_USEC``); None if not ours."""
+    try:
+        usec = int(environ.get("WATCHDOG_USEC", ""))
+        owner = environ.get("WATCHDOG_PID")
+        if owner is not None and int(owner) != os.getpid():
+            return None
+    except ValueError:
+        return None
+    return usec / 2_000_000 if usec > 0 else None
+
+
+def stderr_is_journal(environ: Mapping[str, str] = os.environ, fd: int = 2) -> bool:
+    """True when ``fd`` is the very stream ``$JOURNAL_STREAM`` (``dev:ino``) names.
+
+    Being set is not enough: a child of a journald-logged service inherits the
+    variable even when its stderr goes elsewhere.
+    """
+    dev, sep, ino = environ.get("JOURNAL_STREAM", "").partition(":")
+    if not sep:
+        return False
+    try:
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (OSError, ValueError):
+        return False
+
+
+def syslog_priority(levelno: int) -> int:
+    """Syslog priority of a level: DEBUG 7, INFO 6, WARNING 4, ERROR 3, CRITICAL 2."""
+    for threshold, priority in (
+        (logging.CRITICAL, 2),
+        (logging.ERROR, 3),
+        (logging.WARNING, 4),
+        (logging.INFO, 6),
+    ):
+        if levelno >= threshold:
+            return priority
+    return 7
+
+
+class JournalFormatter(logging.Formatter):
+    """Prefixes every line with ``<N>`` (journald reads it per line); no timestamp."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        lines = super().format(record).splitlines() or [""]
+        return "\n".join(prefix + line for line in lines)
+
+
+def make_log_handler(
+    environ: Mapping[str, str] = os.environ, stream: TextIO | None = None
+) -> logging.Handler:
+    """A log handler on ``stream`` (default: the current ``sys.stderr``).
+
+    Journal style (priority prefix, no timestamp) when the stream is the journal;
+    otherwise timestamp, level and message.
+    """
+    stream = sys.stderr if stream is None else stream
+    try:
+        journal = stderr_is_journal(environ, stream.fileno())
+    except (OSError, ValueError):  # io.UnsupportedOperation: no fd behind the stream
+        journal = False
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        JournalFormatter() if journal else logging.Formatter(HUMAN_FORMAT)
+    )
+    return handler
