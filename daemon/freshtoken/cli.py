@@ -242,3 +242,5 @@ def _setup_logging(verbosity: int, environ: Mapping[str, str], stream: IO[str]) 
     root.setLevel(level)
     # urllib3 at DEBUG logs request lines; keep it quiet whatever -v says.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # APScheduler narrates every job at INFO; our own canonical lines say what matters.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)

@@ -1,0 +1,494 @@
+"""`freshtoken run`: the refresh schedule. The only module that imports apscheduler.
+
+The main thread is a control loop fed by a queue: signal handlers only put
+words on it, refresh jobs report back through it, and a heartbeat (at most
+30 s) wakes the scheduler, pings the watchdog and notices new logins.
+APScheduler's pool runs the refreshes; `policy` decides what comes next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from freshtoken import systemd
+from freshtoken.config import Account, Config
+from freshtoken.durations import humanize
+from freshtoken.errors import ConfigError, FreshtokenError, InvalidGrant, RefreshFailed, TemporaryError
+from freshtoken.hooks import run_hook
+from freshtoken.model import AccountState
+from freshtoken.oauth import Timeouts, TokenClient, make_session
+from freshtoken.outputs import OutputError
+from freshtoken.refresh import Refresher, lifetime
+from freshtoken.store import Store
+from freshtoken.timing import backoff, effective_margin, refresh_at
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT = 30.0  # APScheduler sleeps on CLOCK_MONOTONIC, which stops in suspend: wake it at least this often
+CLOCK_JUMP = 10.0  # wall clock moved this much more (or less) than the monotonic clock: a jump
+WARN_RT_BEFORE = 14 * 86400
+STOP_GRACE = 5.0  # seconds an in-flight refresh may take to finish after SIGTERM
+
+
+# ---------------------------------------------------------------- pure policy
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to do after one run: refresh again at `at`, or park the account (at None)."""
+
+    at: float | None
+    attempts: int
+    reason: str
+
+
+def plan_next(
+    outcome: BaseException | AccountState,
+    *,
+    attempts: int,
+    margin_config: float | None,
+    now: float,
+    rng: random.Random,
+    backoff_cap: float,
+) -> Plan:
+    """The next step for an account after a run that ended in `outcome` (a state, or the error)."""
+    if isinstance(outcome, AccountState):
+        access = outcome.access
+        if access is None:  # cannot happen after a success; be safe and retry
+            return Plan(now + backoff(1, rng=rng, cap=backoff_cap), 1, "no token")
+        margin = effective_margin(margin_config, lifetime(outcome))
+        return Plan(refresh_at(access.expires_at, margin, now=now, rng=rng), 0, "scheduled")
+    if isinstance(outcome, InvalidGrant):
+        return Plan(None, attempts, "needs login")
+    if isinstance(outcome, TemporaryError):
+        n = attempts + 1
+        return Plan(now + backoff(n, rng=rng, cap=backoff_cap, retry_after=outcome.retry_after), n, "retry")
+    # Permanent refusals (invalid_client, a broken output) may be fixed by the user at any
+    # moment: keep trying, but slowly.
+    n = attempts + 1
+    return Plan(now + backoff(n, rng=rng, cap=backoff_cap), n, "retry")
+
+
+# ---------------------------------------------------------------- per-account bookkeeping
+
+
+@dataclass
+class Slot:
+    """The daemon's view of one account. `job` is the id of the only job allowed to run it."""
+
+    account: Account
+    job: str | None = None
+    planned_at: float | None = None
+    attempts: int = 0
+    consecutive_failures: int = 0
+    needs_login: bool = False
+    force: bool = False
+    state_mtime: float | None = None
+    last_error: str | None = None
+    last_outcome: str = "pending"
+    expires_at: float | None = None
+    refresh_token_expires_at: float | None = None
+    rt_warned_at: float = 0.0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    run_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_loader: Callable[[], Config] | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        environ: Mapping[str, str] = os.environ,
+        client: TokenClient | None = None,
+        heartbeat: float = HEARTBEAT,
+    ) -> None:
+        self.config = config
+        self.config_loader = config_loader
+        self.clock = clock
+        self.monotonic = monotonic
+        self.rng = rng or random.Random()
+        self.environ = environ
+        self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.store = Store(config.state_dir)
+        self.client = client or TokenClient(
+            make_session(pool_size=config.workers), Timeouts(config.connect_timeout, config.read_timeout), clock
+        )
+        self.refresher = Refresher(config, self.store, self.client, clock=clock, hook_runner=self._run_hook_detached)
+        self.slots: dict[str, Slot] = {name: Slot(account) for name, account in config.accounts.items()}
+        self.heartbeat = min(heartbeat, systemd.watchdog_interval(environ) or heartbeat)
+        self.scheduler = BackgroundScheduler(
+            timezone=timezone.utc,
+            executors={"default": ThreadPoolExecutor(config.workers)},
+            # misfire_grace_time=None: APScheduler's default of 1 s silently drops a late refresh.
+            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
+        )
+        self._sched_lock = threading.Lock()
+        self._seq = 0
+        self._startup_pending: set[str] = set()
+        self._ready = False
+        self._stopping = threading.Event()
+        self.metrics: Any = None
+
+    # ------------------------------------------------------------ scheduling
+
+    def schedule(self, name: str, at: float, *, force: bool = False) -> None:
+        """Make the account's only job run at `at` (epoch seconds); replaces any pending job."""
+        with self._sched_lock:
+            slot = self.slots.get(name)
+            if slot is None:
+                return
+            if slot.job:
+                with contextlib.suppress(JobLookupError):
+                    self.scheduler.remove_job(slot.job)
+            self._seq += 1
+            # A fresh id per run: APScheduler refuses to start a job whose id is still running,
+            # and a date job re-added from inside its own run would be dropped (max_instances).
+            job_id = f"{name}#{self._seq}"
+            slot.job, slot.planned_at = job_id, at
+            slot.force = slot.force or force
+            run_date = datetime.fromtimestamp(at, timezone.utc)
+            self.scheduler.add_job(self.run_account, "date", run_date=run_date, id=job_id, args=[name, job_id])
+
+    def park(self, name: str) -> None:
+        with self._sched_lock:
+            slot = self.slots.get(name)
+            if slot and slot.job:
+                with contextlib.suppress(JobLookupError):
+                    self.scheduler.remove_job(slot.job)
+                slot.job, slot.planned_at = None, None
+
+    def run_account(self, name: str, job_id: str | None = None) -> Plan | None:
+        """One run for one account (called by the scheduler's pool, or directly by tests)."""
+        slot = self.slots.get(name)
+        if slot is None:
+            return None
+        with slot.run_lock:  # never two runs of one account at once
+            with self._sched_lock:
+                if job_id is not None and slot.job != job_id:
+                    return None  # superseded by a newer schedule
+                force, slot.force = slot.force, False
+            account = slot.account
+            outcome: BaseException | AccountState
+            try:
+                if force:
+                    threshold = None
+                else:
+                    threshold = self.refresher.scheduled_threshold(account, self.refresher.load(account))
+                result = self.refresher.refresh(account, skip_if_valid_for=threshold)
+                outcome = result.state
+                self._count(slot, "success" if result.refreshed else "current")
+            except FreshtokenError as exc:
+                outcome = exc
+            except Exception as exc:  # a bug must not kill the schedule of this account
+                log.exception("unexpected error refreshing %s", name)
+                outcome = RefreshFailed(f"internal error: {type(exc).__name__}")
+            plan = self._after_run(slot, outcome)
+            if plan.at is not None:
+                with self._sched_lock:
+                    superseded = job_id is not None and slot.job != job_id
+                if not superseded:
+                    self.schedule(name, plan.at)
+            else:
+                self.park(name)
+        self.events.put(("ran", name))
+        return plan
+
+    def _after_run(self, slot: Slot, outcome: BaseException | AccountState) -> Plan:
+        name = slot.account.name
+        now = self.clock()
+        plan = plan_next(
+            outcome,
+            attempts=slot.attempts,
+            margin_config=self.config.margin_for(slot.account),
+            now=now,
+            rng=self.rng,
+            backoff_cap=self.config.backoff_max,
+        )
+        slot.attempts = plan.attempts
+        slot.state_mtime = self.store.mtime(name)
+        if isinstance(outcome, AccountState):
+            slot.consecutive_failures = 0
+            slot.needs_login = False
+            slot.last_error = None
+            slot.last_outcome = "ok"
+            slot.expires_at = outcome.access.expires_at if outcome.access else None
+            slot.refresh_token_expires_at = outcome.refresh_token_expires_at
+            log.debug("account=%s next_refresh_in=%ds", name, plan.at - now if plan.at else -1)
+            return plan
+        slot.consecutive_failures += 1
+        message = str(outcome)
+        if isinstance(outcome, InvalidGrant):
+            self._count(slot, "invalid_grant")
+            if not slot.needs_login:
+                log.error("%s: %s", name, message)  # said once; the account is parked until a new login
+            slot.needs_login = True
+            slot.last_outcome = "needs-login"
+        else:
+            kind = "temporary" if isinstance(outcome, TemporaryError) else "output" if isinstance(outcome, OutputError) else "failed"
+            self._count(slot, kind)
+            level = logging.WARNING if isinstance(outcome, TemporaryError) and slot.attempts < 3 else logging.ERROR
+            if message != slot.last_error or slot.attempts in (1, 3) or slot.attempts % 10 == 0:
+                log.log(level, "%s: %s; retry %d in %s", name, message, slot.attempts, humanize((plan.at or now) - now))
+            slot.last_outcome = "retrying"
+        slot.last_error = message
+        return plan
+
+    def _count(self, slot: Slot, outcome: str) -> None:
+        slot.outcomes[outcome] = slot.outcomes.get(outcome, 0) + 1
+
+    def _run_hook_detached(self, account: Account, token_file: Path, expires_at: float) -> None:
+        # Hooks may be slow; never let them hold a worker that other accounts need.
+        if account.on_refresh:
+            threading.Thread(
+                target=run_hook,
+                args=(account.on_refresh, account.name, token_file, expires_at, self.config.hook_timeout),
+                name=f"hook-{account.name}",
+                daemon=True,
+            ).start()
+
+    # ------------------------------------------------------------ start-up
+
+    def start_account(self, name: str) -> None:
+        """Write a still-valid token at once and schedule its refresh; otherwise refresh at once."""
+        slot = self.slots[name]
+        now = self.clock()
+        try:
+            state = self.refresher.write_current(slot.account)
+        except FreshtokenError as exc:
+            log.warning("%s: could not write the stored token: %s", name, exc)
+            state = None
+        if state is not None:
+            slot.expires_at = state.access.expires_at if state.access else None
+            slot.refresh_token_expires_at = state.refresh_token_expires_at
+            slot.state_mtime = self.store.mtime(name)
+            margin = effective_margin(self.config.margin_for(slot.account), lifetime(state))
+            self.schedule(name, refresh_at(state.access.expires_at, margin, now=now, rng=self.rng))  # type: ignore[union-attr]
+            slot.last_outcome = "ok"
+            return
+        self._startup_pending.add(name)
+        self.schedule(name, now)
+
+    # ------------------------------------------------------------ main loop
+
+    def run(self) -> int:
+        with self.store.daemon_lock():
+            self._install_signals()
+            self.scheduler.start()
+            try:
+                self._start_metrics()
+                for name in list(self.slots):
+                    self.start_account(name)
+                self._check_ready()
+                self._loop()
+            finally:
+                systemd.notify({"STOPPING": 1, "STATUS": "stopping"}, environ=self.environ)
+                self._shutdown()
+        log.info("stopped")
+        return 0
+
+    def _loop(self) -> None:
+        last_wall, last_mono = self.clock(), self.monotonic()
+        next_beat = last_mono + self.heartbeat
+        while True:
+            timeout = max(0.0, next_beat - self.monotonic())
+            try:
+                event, arg = self.events.get(timeout=timeout)
+            except queue.Empty:
+                event, arg = "beat", None
+            if event == "stop":
+                log.info("received %s, stopping", arg)
+                return
+            if event == "reload":
+                self.reload()
+            elif event == "refresh-all":
+                log.info("SIGUSR1: refreshing every account now")
+                now = self.clock()
+                for name, slot in self.slots.items():
+                    slot.needs_login = False  # a manual request gets one more try
+                    self.schedule(name, now, force=True)
+            elif event == "ran":
+                self._startup_pending.discard(arg)
+                self._check_ready()
+            if self.monotonic() >= next_beat or event == "beat":
+                wall, mono = self.clock(), self.monotonic()
+                self._check_clock(wall - last_wall - (mono - last_mono))
+                last_wall, last_mono = wall, mono
+                self.beat()
+                next_beat = mono + self.heartbeat
+
+    def beat(self) -> None:
+        """The heartbeat: wake the scheduler, ping the watchdog, pick up new logins, warn of dying refresh tokens."""
+        self.scheduler.wakeup()  # re-reads the wall clock: a refresh due during suspend runs now
+        now = self.clock()
+        for name, slot in self.slots.items():
+            if slot.needs_login:
+                mtime = self.store.mtime(name)
+                if mtime != slot.state_mtime:
+                    slot.state_mtime = mtime
+                    state = self.store.load(name)
+                    if not state.needs_login:
+                        log.info("%s: new login found; resuming", name)
+                        slot.needs_login = False
+                        slot.attempts = 0
+                        self.schedule(name, now)
+            self._warn_refresh_token(slot, now)
+        if systemd.watchdog_interval(self.environ):
+            systemd.notify("WATCHDOG=1", environ=self.environ)
+        systemd.notify({"STATUS": self.summary()}, environ=self.environ)
+
+    def _warn_refresh_token(self, slot: Slot, now: float) -> None:
+        expires = slot.refresh_token_expires_at
+        if expires is None or slot.needs_login or now - slot.rt_warned_at < 86400:
+            return
+        left = expires - now
+        if left < WARN_RT_BEFORE:
+            slot.rt_warned_at = now
+            log.warning(
+                "%s: the refresh token expires in %s; run `freshtoken login %s` before then",
+                slot.account.name,
+                humanize(max(left, 0)),
+                slot.account.name,
+            )
+
+    def _check_clock(self, drift: float) -> None:
+        """Compare how far the wall clock and the monotonic clock moved since the last beat."""
+        if abs(drift) < CLOCK_JUMP:
+            return
+        if drift > 0:
+            log.warning("wall clock jumped %s forward (or the system was suspended); running due refreshes", humanize(drift))
+            return  # wakeup() in beat() runs whatever is now due
+        # Backward: every planned time now lies `drift` further away than it really is,
+        # and stored expiry times look later than they are. Keep each account's refresh
+        # at the same real moment, and force it, since the expiry check would be fooled.
+        log.warning("wall clock jumped %s backward; keeping the refresh schedule in real time", humanize(-drift))
+        for name, slot in list(self.slots.items()):
+            if slot.planned_at is not None:
+                self.schedule(name, slot.planned_at + drift, force=True)
+
+    def _check_ready(self) -> None:
+        if self._ready or self._startup_pending:
+            return
+        self._ready = True
+        log.info("ready: %s", self.summary())
+        systemd.notify({"READY": 1, "STATUS": self.summary()}, environ=self.environ)
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for slot in self.slots.values():
+            counts[slot.last_outcome] = counts.get(slot.last_outcome, 0) + 1
+        parts = [f"{n} {what}" for what, n in sorted(counts.items())]
+        planned = [s.planned_at for s in self.slots.values() if s.planned_at is not None]
+        text = f"{len(self.slots)} account(s): " + ", ".join(parts)
+        if planned:
+            text += f"; next refresh in {humanize(max(0.0, min(planned) - self.clock()))}"
+        return text
+
+    # ------------------------------------------------------------ reload
+
+    def reload(self) -> None:
+        systemd.reloading(self.environ, status="reloading config")
+        try:
+            if self.config_loader is None:
+                raise ConfigError(self.config.file, "", "no loader")
+            new = self.config_loader()
+        except ConfigError as exc:
+            log.error("reload failed, keeping the old config: %s", exc)
+            systemd.notify({"READY": 1, "STATUS": f"reload failed: {exc}"}, environ=self.environ)
+            return
+        if new.state_dir != self.config.state_dir:
+            log.warning("state_dir changed in the config; this takes a restart, keeping %s", self.config.state_dir)
+            new = _with_state_dir(new, self.config.state_dir)
+        old = self.config
+        self.config = new
+        self.refresher.config = new
+        for name in [n for n in self.slots if n not in new.accounts]:
+            self.park(name)
+            del self.slots[name]
+            log.info("%s: removed from the config; no longer refreshed", name)
+        now = self.clock()
+        for name, account in new.accounts.items():
+            slot = self.slots.get(name)
+            if slot is None:
+                self.slots[name] = Slot(account)
+                log.info("%s: added", name)
+                self.start_account(name)
+            elif account != slot.account or new.token_dir != old.token_dir:
+                slot.account = account
+                slot.needs_login = False
+                slot.attempts = 0
+                log.info("%s: changed; applying", name)
+                self.schedule(name, now)
+        for warning in new.warnings:
+            log.warning("%s", warning)
+        log.info("reloaded %s", new.file)
+        systemd.notify({"READY": 1, "STATUS": self.summary()}, environ=self.environ)
+
+    # ------------------------------------------------------------ signals, metrics, shutdown
+
+    def _install_signals(self) -> None:
+        # Handlers only enqueue: SimpleQueue.put is reentrant (bpo-14976); the work happens in _loop.
+        signal.signal(signal.SIGTERM, lambda *_: self.events.put(("stop", "SIGTERM")))
+        signal.signal(signal.SIGINT, lambda *_: self.events.put(("stop", "SIGINT")))
+        signal.signal(signal.SIGHUP, lambda *_: self.events.put(("reload", None)))
+        signal.signal(signal.SIGUSR1, lambda *_: self.events.put(("refresh-all", None)))
+
+    def _start_metrics(self) -> None:
+        if not self.config.metrics_listen:
+            return
+        try:
+            from freshtoken.metrics import serve
+        except ImportError:
+            log.error("metrics_listen is set but prometheus_client is not installed (pip install 'freshtoken[metrics]')")
+            return
+        self.metrics = serve(self, self.config.metrics_listen)
+
+    def _shutdown(self) -> None:
+        self._stopping.set()
+        self.scheduler.shutdown(wait=False)
+        deadline = time.monotonic() + STOP_GRACE
+        for slot in list(self.slots.values()):
+            # A refresh holding this lock is mid-request; give it a moment to save what it got.
+            if slot.run_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                slot.run_lock.release()
+            else:
+                log.warning("%s: abandoning the in-flight refresh", slot.account.name)
+        if self.metrics is not None:
+            with contextlib.suppress(Exception):
+                self.metrics.shutdown()
+
+
+def _with_state_dir(config: Config, state_dir: Path) -> Config:
+    from dataclasses import replace
+
+    return replace(config, state_dir=state_dir)
+
+
+def run(config: Config, *, config_loader: Callable[[], Config] | None = None, environ: Mapping[str, str] = os.environ) -> int:
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    daemon = Daemon(config, config_loader=config_loader, environ=environ)
+    code = daemon.run()
+    # Pool threads stuck in a read past STOP_GRACE would hold up interpreter exit
+    # (concurrent.futures joins its workers); our state is saved, so leave now.
+    logging.shutdown()
+    os._exit(code)
