@@ -16,6 +16,8 @@ from urllib.parse import parse_qs, quote_plus, urlsplit
 import pytest
 import requests
 
+from fakes import FakeClock
+
 from freshtoken.devserver import (
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
@@ -25,16 +27,6 @@ from freshtoken.devserver import (
 
 BASIC = (DEMO_CLIENT_ID, DEMO_CLIENT_SECRET)
 REDIRECT = "http://127.0.0.1:8888/callback"
-
-
-class FakeClock:
-    """A settable clock for expiry tests."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -246,15 +238,14 @@ def test_revoke_endpoint_and_revoke_grant(server: AuthServer) -> None:
     assert not server.revoke_grant("unknown")
 
 
-def test_refresh_token_expires_absolutely_by_the_server_clock() -> None:
+def test_refresh_token_expires_absolutely_by_the_server_clock(clock: FakeClock) -> None:
     """refresh_token_expires_in counts from the grant's creation, is reported, and then invalid_grant."""
-    clock = FakeClock()
     with AuthServer(refresh_token_expires_in=100, clock=clock) as server:
         token = server.issue_refresh_token()
-        clock.now += 40
+        clock.advance(40)
         body = refresh(server, token).json()
         assert body["refresh_token_expires_in"] == 60
-        clock.now += 60
+        clock.advance(60)
         r = refresh(server, body["refresh_token"])
         assert (r.status_code, r.json()["error"]) == (400, "invalid_grant")
 
@@ -262,16 +253,15 @@ def test_refresh_token_expires_absolutely_by_the_server_clock() -> None:
 # ------------------------------------------- access tokens and /v1/me
 
 
-def test_access_token_expires_by_the_injected_clock_and_me_follows() -> None:
+def test_access_token_expires_by_the_injected_clock_and_me_follows(clock: FakeClock) -> None:
     """An access token is valid for token_lifetime by the server clock, and /v1/me answers 200 then 401."""
-    clock = FakeClock()
     with AuthServer(clock=clock, token_lifetime=20) as server:
         access = refresh(server, server.issue_refresh_token(user="alice")).json()["access_token"]
         me = requests.get(server.me_url, headers={"Authorization": f"Bearer {access}"}, timeout=5)
         assert (me.status_code, me.json()["id"]) == (200, "alice")
-        clock.now += 19.9
+        clock.advance(19)
         assert server.is_valid_access_token(access)
-        clock.now += 0.1
+        clock.advance(1)
         assert not server.is_valid_access_token(access)
         me = requests.get(server.me_url, headers={"Authorization": f"Bearer {access}"}, timeout=5)
         assert me.status_code == 401
