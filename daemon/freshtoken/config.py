@@ -27,6 +27,12 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 VARIABLE = re.compile(r"\$\{([^}]*)\}")
 CLIENT_AUTHS = ("basic", "post", "none")
 GRANTS = ("refresh_token", "client_credentials")
+TOP_KEYS = ("state_dir", "token_dir", "refresh_margin", "metrics_listen", "workers", "backoff_max", "hook_timeout",
+            "connect_timeout", "read_timeout", "accounts")
+ACCOUNT_KEYS = ("provider", "token_url", "authorize_url", "grant", "client_auth", "client_id", "client_secret",
+                "client_secret_file", "refresh_token", "scopes", "redirect_uri", "pkce", "show_dialog", "refresh_margin",
+                "outputs", "on_refresh", "refresh_token_lifetime")
+OUTPUT_KEYS = ("path", "format", "mode", "group", "name")
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +231,7 @@ def _os_reason(exc: BaseException) -> str:
 class _Reader:
     """Type-checked access to one mapping of the document, with errors that name the key."""
 
-    def __init__(self, doc: Any, path: str, ctx: _Context) -> None:
+    def __init__(self, doc: Any, path: str, ctx: _Context, known: tuple[str, ...] | None = None) -> None:
         self.ctx = ctx
         self.path = path
         if not isinstance(doc, dict):
@@ -235,6 +241,11 @@ class _Reader:
                 raise ctx.error(path, f"keys must be strings, got {_type_name(key)} {key!r}")
         self.doc: dict[str, Any] = doc
         self.used: set[str] = set()
+        # Unknown keys first: a typo (tokn_url) explains a "missing token_url" better than the missing key does.
+        if known is not None:
+            for key in doc:
+                if key not in known:
+                    raise ctx.error(self.key(key), "unknown key" + _did_you_mean(key, set(known)))
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
@@ -335,7 +346,7 @@ def parse(doc: Any, file: str, environ: Mapping[str, str], *, lines: Mapping[str
     ctx = _Context(file, environ, lines or {})
     if doc is None:
         raise ctx.error("", "the file is empty")
-    top = _Reader(doc, "", ctx)
+    top = _Reader(doc, "", ctx, TOP_KEYS)
     state_dir = top.string("state_dir") or _default_state_dir(environ, ctx)
     token_dir = top.string("token_dir") or _default_token_dir(environ, ctx)
     for key, value in (("state_dir", state_dir), ("token_dir", token_dir)):
@@ -378,7 +389,7 @@ def parse(doc: Any, file: str, environ: Mapping[str, str], *, lines: Mapping[str
 
 
 def _parse_account(name: str, doc: Any, ctx: _Context) -> Account:
-    r = _Reader(doc, f"accounts.{name}", ctx)
+    r = _Reader(doc, f"accounts.{name}", ctx, ACCOUNT_KEYS)
     provider = r.string("provider")
     preset = None
     if provider is not None:
@@ -449,7 +460,7 @@ def _parse_outputs(r: _Reader, ctx: _Context) -> tuple[Output, ...]:
         raise ctx.error(r.key("outputs"), f"expected a list of outputs, got {_type_name(raw)}")
     outputs = []
     for index, item in enumerate(raw):
-        o = _Reader(item, f"{r.key('outputs')}[{index}]", ctx)
+        o = _Reader(item, f"{r.key('outputs')}[{index}]", ctx, OUTPUT_KEYS)
         path = o.string("path")
         if not path:
             raise ctx.error(o.key("path"), "missing: where to write the token")
@@ -488,9 +499,9 @@ def _parse_mode(o: _Reader, ctx: _Context) -> int:
     if not 0 <= mode <= 0o777:
         raise ctx.error(o.key("mode"), f"{value!r} is not a file mode between 0000 and 0777")
     if mode & 0o400 == 0:
-        raise ctx.error(o.key("mode"), f"{oct(mode)} would not let even the owner read the file")
+        raise ctx.error(o.key("mode"), f"{mode:04o} would not let even the owner read the file")
     if mode & 0o002:
-        raise ctx.error(o.key("mode"), f"{oct(mode)} makes a token world-writable")
+        raise ctx.error(o.key("mode"), f"{mode:04o} makes a token world-writable")
     return mode
 
 
