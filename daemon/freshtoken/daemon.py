@@ -149,6 +149,15 @@ class Daemon:
         self._stopping = threading.Event()
         self.metrics: Any = None
 
+    @property
+    def ready(self) -> bool:
+        """True once the start-up pass has written every token it could (when READY=1 is sent)."""
+        return self._ready
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     # ------------------------------------------------------------ scheduling
 
     def schedule(self, name: str, at: float, *, force: bool = False) -> None:
