@@ -1,0 +1,434 @@
+"""`freshtoken login`: authorization code + PKCE + state, through a loopback listener or a pasted URL.
+
+Builds the authorization request locally, waits for exactly one callback, exchanges
+the code and hands the answer to Refresher.adopt. Nothing is stored unless the exchange succeeds.
+"""
+
+from __future__ import annotations
+
+import errno
+import hmac
+import html
+import http.server
+import logging
+import os
+import secrets
+import select
+import socket
+import socketserver
+import sys
+import threading
+import time
+import webbrowser
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+from urllib.parse import parse_qsl, urlsplit
+
+from freshtoken import outputs
+from freshtoken.config import Account, Config
+from freshtoken.durations import humanize
+from freshtoken.errors import ConfigError, FreshtokenError, InvalidGrant, LoginFailed, UsageError
+from freshtoken.model import AccountState
+from freshtoken.oauth import Timeouts, TokenClient, authorize_url, make_pkce
+from freshtoken.refresh import Refresher
+from freshtoken.store import Store
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_IPS = ("127.0.0.1", "::1")
+# A browser's speculative pre-connection sends nothing; with one serving thread it
+# must not hold up the real callback for long.
+IDLE_CONNECTION_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Loopback:
+    """Where the listener binds, and the path the provider redirects to."""
+
+    host: str  # as written in redirect_uri (127.0.0.1, ::1 or localhost)
+    bind: str  # the IP literal actually bound
+    port: int | None  # None: any free port (RFC 8252 §7.3)
+    path: str
+
+
+def loopback_target(redirect_uri: str) -> Loopback | None:
+    """The listener for an http loopback redirect_uri; None when freshtoken cannot listen there."""
+    parts = urlsplit(redirect_uri)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname
+    if parts.scheme != "http" or host not in (*LOOPBACK_IPS, "localhost"):
+        return None
+    return Loopback(host=host, bind="127.0.0.1" if host == "localhost" else host, port=port, path=parts.path or "/")
+
+
+def with_port(redirect_uri: str, port: int) -> str:
+    """redirect_uri with `port` put into its authority; path, trailing slash and query stay exactly as written."""
+    scheme, rest = redirect_uri.split("://", 1)
+    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    authority, tail = rest[:cut], rest[cut:]
+    return f"{scheme}://{authority}:{port}{tail}"
+
+
+def parse_pasted(text: str) -> dict[str, str]:
+    """The callback parameters from what the user pasted: the whole redirected URL, its query, or a bare code."""
+    text = text.strip().strip("'\"<>").strip()
+    if not text:
+        raise LoginFailed("nothing was pasted; paste the address your browser ended on (or just the code)")
+    if "://" in text or text.startswith(("?", "/")) or "=" in text:
+        query = urlsplit(text).query if ("://" in text or text.startswith("/")) else text.lstrip("?")
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        if "code" in params or "error" in params:
+            return params
+        if "response_type" in params or "client_id" in params:
+            raise LoginFailed("that is the authorization URL itself: open it, approve, then paste the address you land on")
+        raise LoginFailed("the pasted URL has no code or error parameter; paste the whole address your browser ended on")
+    if any(ch.isspace() for ch in text):
+        raise LoginFailed("the pasted text is neither a URL nor a code (it contains spaces)")
+    return {"code": text}
+
+
+def check_callback(params: Mapping[str, str], state: str, *, require_state: bool) -> str:
+    """The code from a callback whose state matches; LoginFailed for a mismatch, a denial or no code."""
+    got = params.get("state")
+    if got is None:
+        if require_state:
+            raise LoginFailed("the answer carried no state, so it cannot be matched to this login; refused")
+    elif not hmac.compare_digest(got.encode(), state.encode()):
+        raise LoginFailed("state mismatch: the answer does not belong to this login (an old browser tab, or a forged request); refused")
+    error = params.get("error")
+    if error is not None:
+        description = params.get("error_description")
+        detail = _printable(error, 60) + (f": {_printable(description, 200)}" if description else "")
+        if error == "access_denied":
+            raise LoginFailed(f"login denied: {detail}")
+        raise LoginFailed(f"the authorization server refused the login: {detail}")
+    code = params.get("code")
+    if not code:
+        raise LoginFailed("the answer carried no code")
+    return code
+
+
+def login(
+    config: Config,
+    account: Account,
+    *,
+    browser: bool = True,
+    manual: bool = False,
+    timeout: float = 300,
+    out: IO[str],
+    err: IO[str],
+    opener: Callable[[str], object] | None = None,
+    stdin: IO[str] | None = None,
+    client: TokenClient | None = None,
+    clock: Callable[[], float] = time.time,
+) -> int:
+    """Run one login for `account`; prints the URL and a summary, returns 0 or raises a FreshtokenError.
+
+    `opener` opens the URL (default: the desktop's browser, in the background);
+    `stdin` is where --manual reads the pasted URL.
+    """
+    if account.grant == "client_credentials":
+        raise UsageError(f"{account.name}: a client_credentials account needs no login")
+    if not account.authorize_url:
+        raise ConfigError(config.file, f"accounts.{account.name}.authorize_url", "missing: login needs it (or a provider preset)")
+    target = loopback_target(account.redirect_uri)
+    if target is None and not manual:
+        raise UsageError(
+            f"{account.name}: redirect_uri {account.redirect_uri} is not an http loopback address (http://127.0.0.1[:PORT]/... or http://[::1]...)"
+            f" that freshtoken can listen on; run `freshtoken login {account.name} --manual` and paste the address your browser lands on"
+        )
+    if target is not None and target.host == "localhost":
+        print(
+            f"warning: redirect_uri uses 'localhost', which providers such as Spotify refuse;"
+            f" register and configure http://127.0.0.1:{target.port or 8888}{target.path} instead",
+            file=err,
+        )
+    if browser and opener is None and not _has_desktop(os.environ):
+        browser = False  # webbrowser would start a text browser in this terminal
+        if target is not None and not manual:
+            port = target.port or "PORT"
+            print(
+                "No graphical session here: open the URL in a browser that can reach this host"
+                f" (for example through `ssh -L {port}:127.0.0.1:{port}`), or use --manual.",
+                file=err,
+            )
+    own_client = client is None
+    if client is None:
+        client = TokenClient(timeouts=Timeouts(config.connect_timeout, config.read_timeout), clock=clock)
+    flow = _Flow(config, account, client, clock)
+    try:
+        if manual:
+            flow.redirect_uri = account.redirect_uri
+            flow.announce(out, err, browser)
+            if browser:
+                _start_opener(opener or webbrowser.open, flow.url, err)
+            _read_paste(flow, stdin if stdin is not None else sys.stdin, timeout, err)
+        else:
+            assert target is not None
+            _listen(flow, target, browser, opener, timeout, out, err)
+    finally:
+        if own_client:
+            client.session.close()
+    assert flow.result is not None
+    _summary(flow, flow.result, out)
+    return 0
+
+
+# ---------------------------------------------------------------- the flow
+
+
+class _Flow:
+    """One login attempt: its secrets (state, verifier) and what to do with the answer."""
+
+    def __init__(self, config: Config, account: Account, client: TokenClient, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.account = account
+        self.client = client
+        self.clock = clock
+        self.state = secrets.token_urlsafe(24)
+        # PKCE always for public clients; for confidential ones unless the account says pkce: false.
+        use_pkce = account.client_auth == "none" or account.pkce
+        self.verifier: str | None = None
+        self.challenge: str | None = None
+        if use_pkce:
+            self.verifier, self.challenge = make_pkce()
+        self.redirect_uri = account.redirect_uri
+        self.result: AccountState | None = None
+
+    @property
+    def url(self) -> str:
+        return authorize_url(self.account, self.redirect_uri, self.state, self.challenge)
+
+    def announce(self, out: IO[str], err: IO[str], opening: bool) -> None:
+        how = " (opening it now)" if opening else ""
+        print(f"Log in to account {self.account.name!r}: open this URL in a browser{how}:", file=err, flush=True)
+        print(self.url, file=out, flush=True)
+
+    def finish(self, params: Mapping[str, str], *, require_state: bool) -> AccountState:
+        """Check the answer, exchange the code (same redirect_uri as asked with), store the grant."""
+        code = check_callback(params, self.state, require_state=require_state)
+        try:
+            response = self.client.exchange_code(self.account, code, self.redirect_uri, self.verifier)
+        except InvalidGrant as exc:
+            raise LoginFailed(
+                f"the code was refused ({exc}): it expired or was used already,"
+                " or the redirect_uri differs from the registered one; run login again"
+            ) from None
+        except FreshtokenError as exc:
+            raise type(exc)(f"code exchange failed: {exc}") from None
+        store = Store(self.config.state_dir)
+        try:
+            self.result = Refresher(self.config, store, self.client, clock=self.clock).adopt(self.account, response)
+        except outputs.OutputError as exc:
+            raise outputs.OutputError(f"logged in and stored the refresh token, but {exc}") from None
+        log.info("login account=%s scope=%s", self.account.name, response.access.scope or "-")
+        return self.result
+
+
+def _read_paste(flow: _Flow, stdin: IO[str], timeout: float, err: IO[str]) -> None:
+    print(
+        f"After you approve, the browser goes to {flow.redirect_uri}?code=... (the page may fail to load; that is fine).\n"
+        "Paste that whole address from the address bar (or just the code) and press Enter:",
+        file=err,
+        flush=True,
+    )
+    try:
+        fd: int | None = stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd is not None:
+        ready, _, _ = select.select([fd], [], [], max(timeout, 0))
+        if not ready:
+            raise LoginFailed(f"nothing pasted within {humanize(timeout)}; run `freshtoken login {flow.account.name} --manual` again")
+    line = stdin.readline()
+    if not line:
+        raise LoginFailed("no URL pasted (end of input)")
+    flow.finish(parse_pasted(line), require_state=False)
+
+
+# ---------------------------------------------------------------- the loopback listener
+
+
+def _listen(
+    flow: _Flow,
+    target: Loopback,
+    browser: bool,
+    opener: Callable[[str], object] | None,
+    timeout: float,
+    out: IO[str],
+    err: IO[str],
+) -> None:
+    shown = f"[{target.bind}]" if ":" in target.bind else target.bind
+    try:
+        server = _Listener((target.bind, target.port or 0), target.path, flow)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise LoginFailed(
+                f"port {target.port} on {target.bind} is in use (another program, or another `freshtoken login` still waiting);"
+                " stop it, or register and configure another port in redirect_uri"
+            ) from None
+        raise LoginFailed(f"cannot listen on {shown}:{target.port or 0}: {exc.strerror or exc}") from None
+    with server:
+        port = server.server_address[1]
+        if target.port is None:
+            flow.redirect_uri = with_port(flow.account.redirect_uri, port)
+        flow.announce(out, err, browser)
+        if browser:
+            _start_opener(opener or webbrowser.open, flow.url, err)
+        print(f"Waiting up to {humanize(timeout)} for the browser to come back to {flow.redirect_uri} ...", file=err, flush=True)
+        deadline = time.monotonic() + timeout
+        while server.outcome is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LoginFailed(
+                    f"no answer from the browser within {humanize(timeout)} (nothing came to {flow.redirect_uri});"
+                    f" run `freshtoken login {flow.account.name}` again"
+                )
+            server.timeout = remaining
+            server.handle_request()
+    if isinstance(server.outcome, BaseException):
+        raise server.outcome
+
+
+class _Listener(http.server.HTTPServer):
+    """One thread, one request at a time, until one callback with a code or an error has been answered."""
+
+    def __init__(self, address: tuple[str, int], path: str, flow: _Flow) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.callback_path = path
+        self.flow = flow
+        self.outcome: AccountState | BaseException | None = None
+        super().__init__(address, _CallbackHandler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind() looks up the host's FQDN, which stalls on slow DNS.
+        socketserver.TCPServer.server_bind(self)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A browser that gives up on a connection is not news; nothing else is expected here.
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            log.warning("login listener: %s", type(sys.exc_info()[1]).__name__)
+
+    def answer(self, params: Mapping[str, str]) -> tuple[int, str]:
+        """The status and page for a callback; records the outcome that ends the wait."""
+        name = html.escape(self.flow.account.name)
+        try:
+            state = self.flow.finish(params, require_state=True)
+        except FreshtokenError as exc:
+            self.outcome = exc
+            return 400, _page("freshtoken: login failed", f"Account <b>{name}</b> is not logged in: {html.escape(str(exc))}", ok=False)
+        except Exception as exc:  # a bug: still answer the browser, then report it in the terminal
+            self.outcome = exc
+            return 500, _page("freshtoken: login failed", "An internal error occurred; see the terminal.", ok=False)
+        self.outcome = state
+        return 200, _page("freshtoken: logged in", f"Account <b>{name}</b> is logged in. You can close this window.", ok=True)
+
+
+class _CallbackHandler(http.server.BaseHTTPRequestHandler):
+    timeout = IDLE_CONNECTION_TIMEOUT
+    server: _Listener
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the default would print request lines, code and all, to stderr
+
+    def version_string(self) -> str:
+        return "freshtoken"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        target = urlsplit(self.path)
+        if target.path != self.server.callback_path:
+            self._send(404, _page("Not found", "This is freshtoken's login listener; nothing else is served here.", ok=False))
+            return
+        params = dict(parse_qsl(target.query, keep_blank_values=True))
+        if "code" not in params and "error" not in params:
+            self._send(400, _page("freshtoken: waiting", "This address waits for the authorization server's answer.", ok=False))
+            return
+        self._send(*self.server.answer(params))
+
+    def _send(self, status: int, page: str) -> None:
+        body = page.encode()
+        self.send_response(status)
+        for name, value in (
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("Referrer-Policy", "no-referrer"),
+            ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Connection", "close"),
+        ):
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _page(title: str, message_html: str, *, ok: bool) -> str:
+    colour = "#1a7f37" if ok else "#b42318"
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:system-ui,sans-serif;max-width:38em;margin:4em auto;padding:0 1em;color:#222}"
+        f"h1{{font-size:1.4em;color:{colour}}}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1><p>{message_html}</p></body></html>\n"
+    )
+
+
+# ---------------------------------------------------------------- browser, summary
+
+
+def _start_opener(opener: Callable[[str], object], url: str, err: IO[str]) -> None:
+    """Open the URL without blocking: a terminal browser would otherwise hold up the listener it needs."""
+
+    def run() -> None:
+        try:
+            opened = opener(url)
+        except Exception:  # noqa: BLE001 - a browser that fails to start is reported, never fatal
+            opened = False
+        if opened is False:
+            print("Could not open a browser; open the URL above yourself.", file=err, flush=True)
+
+    threading.Thread(target=run, name="freshtoken-browser", daemon=True).start()
+
+
+def _has_desktop(environ: Mapping[str, str]) -> bool:
+    """False on a Linux/BSD host without a graphical session: webbrowser would start a text browser in this terminal."""
+    if environ.get("BROWSER") or sys.platform in ("darwin", "win32"):
+        return True
+    return bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
+
+
+def _summary(flow: _Flow, state: AccountState, out: IO[str]) -> None:
+    now = flow.clock()
+    account = flow.account
+    access = state.access
+    lines = [f"Logged in: account {account.name!r}"]
+    if access is not None:
+        granted = access.scope.split() if access.scope else None
+        lines.append(f"  scopes granted:  {' '.join(granted) if granted else '(the server did not say)'}")
+        missing = [s for s in account.scopes if granted is not None and s not in granted]
+        if missing:
+            lines.append(f"  not granted:     {' '.join(missing)}")
+        lines.append(f"  access token:    expires {_when(access.expires_at)} (in {humanize(access.expires_at - now)})")
+    if state.refresh_token_expires_at:
+        rt = state.refresh_token_expires_at
+        lines.append(f"  refresh token:   expires {_when(rt)} (in {humanize(rt - now)}); log in again before then")
+    else:
+        lines.append("  refresh token:   stored; the server did not say when it expires")
+    token_file, json_file = outputs.token_paths(flow.config.token_dir, account.name)
+    lines.append(f"  token file:      {token_file} (and {json_file.name})")
+    lines.append(f"A running `freshtoken run` picks this login up within about 30 s; `freshtoken get {account.name}` prints the token.")
+    print("\n".join(lines), file=out, flush=True)
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _printable(text: str, limit: int) -> str:
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return text[:limit] + ("…" if len(text) > limit else "")
