@@ -6,6 +6,7 @@ out); `load` adds the file reads: the YAML itself and `client_secret_file`.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -154,13 +155,22 @@ def read_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
         raise ConfigError(file, "", f"malformed YAML: {exc.problem}", line) from None
     except yaml.YAMLError as exc:
         raise ConfigError(file, "", f"malformed YAML: {exc}") from None
+    except ValueError as exc:  # the constructors' int() and date(): a 5000-digit number, 2024-13-01
+        raise ConfigError(file, "", f"malformed YAML: a value cannot be read ({exc})") from None
+    except RecursionError:
+        raise ConfigError(file, "", "malformed YAML: nested too deeply") from None
     lines: dict[str, int] = {}
     if node is not None:
-        _collect_lines(node, "", lines, file)
+        _collect_lines(node, "", lines, file, set())
     return doc, lines
 
 
-def _collect_lines(node: yaml.Node, prefix: str, lines: dict[str, int], file: str) -> None:
+def _collect_lines(node: yaml.Node, prefix: str, lines: dict[str, int], file: str, visited: set[int]) -> None:
+    # Aliases share nodes: walking each once keeps `&a [*a]` from recursing for ever
+    # and a chain of aliases ("billion laughs") from taking exponential time.
+    if id(node) in visited:
+        return
+    visited.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
@@ -170,12 +180,12 @@ def _collect_lines(node: yaml.Node, prefix: str, lines: dict[str, int], file: st
                 raise ConfigError(file, path, "duplicate key", key_node.start_mark.line + 1)
             seen.add(key)
             lines[path] = key_node.start_mark.line + 1
-            _collect_lines(value_node, path, lines, file)
+            _collect_lines(value_node, path, lines, file, visited)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             path = f"{prefix}[{index}]"
             lines[path] = item.start_mark.line + 1
-            _collect_lines(item, path, lines, file)
+            _collect_lines(item, path, lines, file, visited)
 
 
 def resolve_secret_files(config: Config, environ: Mapping[str, str]) -> Config:
@@ -294,6 +304,9 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
             kind = "an integer" if integer else "a number"
             raise self.ctx.error(self.key(name), f"expected {kind}, got {_type_name(value)}")
+        if isinstance(value, float) and not math.isfinite(value) or value >= 1e300:
+            # .nan passes every comparison below, .inf would mean no timeout, and float() overflows on a huge int
+            raise self.ctx.error(self.key(name), "expected a finite number")
         if value < minimum:
             raise self.ctx.error(self.key(name), f"must be at least {minimum:g}")
         return value
@@ -327,7 +340,9 @@ class _Context:
     lines: Mapping[str, int]
 
     def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.file, key, problem, self.lines.get(key))
+        # Keys come from the file: escape a newline in one so the message stays a single line.
+        shown = key if key.isprintable() else key.encode("unicode_escape").decode("ascii")
+        return ConfigError(self.file, shown, problem, self.lines.get(key))
 
     def expand(self, key: str, value: str) -> str:
         def substitute(match: re.Match[str]) -> str:
@@ -338,6 +353,8 @@ class _Context:
                 raise self.error(key, f"environment variable {name} is not set")
             return self.environ[name]
 
+        if "\x00" in value:  # every later open() or mkdir() would raise ValueError on it
+            raise self.error(key, "contains a NUL character")
         return VARIABLE.sub(substitute, value)
 
 
@@ -474,6 +491,8 @@ def _parse_outputs(r: _Reader, ctx: _Context) -> tuple[Output, ...]:
                 raise ctx.error(o.key("group"), f"expected a group name or gid, got {_type_name(group)}")
             if isinstance(group, str):
                 group = ctx.expand(o.key("group"), group)
+            elif not 0 <= group < 2**32 - 1:
+                raise ctx.error(o.key("group"), f"{group} is not a group id")
         var = o.string("name", "ACCESS_TOKEN") or "ACCESS_TOKEN"
         if not ENV_NAME.fullmatch(var):
             raise ctx.error(o.key("name"), f"{var!r} is not a valid variable name")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_PATTERN = re.compile(r"\s*(\d+)\s*([smhd]?)\s*")
+MAX_DURATION = 36500 * 86400  # 100 years: beyond it, epoch arithmetic (now + d, float(d)) can overflow
+_PATTERN = re.compile(r"\s*(\d+)\s*([smhd]?)\s*", re.ASCII)  # ASCII: \d would take "１２" too
 
 
 def parse_duration(value: object) -> int:
@@ -15,13 +16,19 @@ def parse_duration(value: object) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return value
+        return _at_most_max(value)
     if isinstance(value, str):
         match = _PATTERN.fullmatch(value)
         if match:
-            return int(match.group(1)) * _UNITS[match.group(2) or "s"]
+            return _at_most_max(int(match.group(1)) * _UNITS[match.group(2) or "s"])
         raise ValueError(f"{value!r} is not a duration (use seconds or 30s, 5m, 1h, 1d)")
     raise ValueError(f"expected a duration such as 30s, 5m, 1h or 1d, got {type(value).__name__}")
+
+
+def _at_most_max(seconds: int) -> int:
+    if seconds > MAX_DURATION:
+        raise ValueError("a duration cannot be longer than 100 years (36500d)")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

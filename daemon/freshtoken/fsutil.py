@@ -32,10 +32,13 @@ def resolve_group(group: str | int | None) -> int:
     """A gid from a group name or number; -1 (leave alone) for None."""
     if group is None:
         return -1
+    if isinstance(group, str) and group.isascii() and group.isdigit():
+        group = int(group)
     if isinstance(group, int):
+        # fchown takes -1 as "leave alone" and raises OverflowError outside gid_t: both would be surprises.
+        if not 0 <= group < 2**32 - 1:
+            raise LookupError(f"{group} is not a group id")
         return group
-    if group.isdigit():
-        return int(group)
     import grp
 
     try:

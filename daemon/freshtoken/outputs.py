@@ -37,9 +37,17 @@ def all_outputs(token_dir: Path, account: Account) -> list[Output]:
 
 def write_all(token_dir: Path, account: Account, token: AccessToken) -> None:
     """Write every file for `account`; try them all, then raise one OutputError naming the failures."""
-    ensure_dir(token_dir, TOKEN_DIR_MODE)
     failures = []
+    try:
+        ensure_dir(token_dir, TOKEN_DIR_MODE)
+        dir_ok = True
+    except OSError as exc:
+        # Still write the extra outputs: they may live elsewhere and work.
+        failures.append(f"{token_dir}: {exc.strerror or exc}")
+        dir_ok = False
     for output in all_outputs(token_dir, account):
+        if not dir_ok and output.path.parent == token_dir:
+            continue
         data = render(output.format, token, account.name, output.name)
         try:
             atomic_write(output.path, data, output.mode, output.group)

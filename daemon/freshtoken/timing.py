@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 MIN_MARGIN = 30.0
@@ -77,14 +78,15 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit alone takes "²", which float() refuses
         return float(value)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
-        return None
+        # The asctime form carries no zone; every HTTP-date is UTC (RFC 9110 §5.6.7).
+        when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - now)
 
 
