@@ -107,6 +107,7 @@ class TokenClient:
                 headers=headers,
                 timeout=(self.timeouts.connect, self.timeouts.read),
                 allow_redirects=False,
+                auth=_headers_as_given,  # else requests takes credentials from ~/.netrc over ours
             )
         except requests.Timeout as exc:
             kind = "connecting" if isinstance(exc, requests.ConnectTimeout) else "waiting for an answer"
@@ -126,15 +127,19 @@ class TokenClient:
         if 200 <= status < 300:
             if not isinstance(body, dict):
                 raise TemporaryError(f"HTTP {status} but the answer is not JSON ({_content_kind(response)})")
-            return parse_token_response(body, now=started)
+            if "access_token" in body or not isinstance(body.get("error"), str):
+                return parse_token_response(body, now=started)
+            # Some servers (GitHub among them) send OAuth errors with 200: the error code decides.
         error = body.get("error") if isinstance(body, dict) else None
         description = body.get("error_description") if isinstance(body, dict) else None
+        if not isinstance(error, str):
+            error = None  # e.g. Spotify Web API's {"error": {"status": ..., "message": ...}}: no OAuth code
         detail = f"HTTP {status}"
-        if isinstance(error, str) and error:
+        if error:
             detail += f" {_clean(error, hidden, 60)}"
             if isinstance(description, str) and description:
                 detail += f": {_clean(description, hidden, 200)}"
-        if status == 429 or status >= 500 or error in TEMPORARY_CODES:
+        if status in (408, 429) or status >= 500 or error in TEMPORARY_CODES:
             raise TemporaryError(detail, retry_after=retry_after)
         if 300 <= status < 400:
             raise RefreshFailed(f"{detail}: the token endpoint redirected; check token_url")
@@ -202,6 +207,10 @@ def authorize_url(account: Account, redirect_uri: str, state: str, code_challeng
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _headers_as_given(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    return request
 
 
 def _seconds(value: Any) -> float | None:

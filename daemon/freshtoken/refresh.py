@@ -78,7 +78,7 @@ class Refresher:
             # rotated the refresh token) while we waited. Using what we read
             # before taking the lock would spend a dead refresh token and, on
             # servers that follow RFC 9700, get the whole grant revoked.
-            state = self.load(account)
+            state = self._load_locked(account)
             now = self.clock()
             if skip_if_valid_for is not None and state.access and state.access.expires_at - now > skip_if_valid_for:
                 outputs.write_all(self.config.token_dir, account, state.access)
@@ -89,7 +89,8 @@ class Refresher:
                 check_token(response.access.access_token.reveal())
             except UnsafeToken as exc:
                 # Keep a rotated refresh token even from an answer we refuse to publish.
-                self.store.save(account.name, replace(new_state, access=state.access).with_error(str(exc), now))
+                kept = replace(new_state, access=state.access, last_refresh=state.last_refresh)
+                self.store.save(account.name, kept.with_error(str(exc), now))
                 raise RefreshFailed(str(exc)) from None
             self.store.save(account.name, new_state)  # before outputs: the token is safe even if they fail
             rotated = response.refresh_token is not None and response.refresh_token != state.refresh_token
@@ -99,22 +100,27 @@ class Refresher:
                 response.access.expires_at - self.clock(),
                 "yes" if rotated else "no",
             )
-            outputs.write_all(self.config.token_dir, account, response.access)
+            try:
+                outputs.write_all(self.config.token_dir, account, response.access)
+            except outputs.OutputError as exc:
+                self.store.save(account.name, new_state.with_error(str(exc), now))  # `status` shows it
+                raise
         self.hook_runner(account, outputs.token_paths(self.config.token_dir, account.name)[0], response.access.expires_at)
         return Result(account.name, new_state, refreshed=True, rotated=rotated)
 
     def _grant(self, account: Account, state: AccountState, now: float) -> TokenResponse:
-        try:
-            if account.grant == "client_credentials":
-                return self.client.client_credentials(account)
+        if account.grant != "client_credentials":
             if state.needs_login:
                 raise InvalidGrant(f"needs a new login ({state.last_error or 'refresh token refused'}); {login_hint(account.name)}")
             if state.refresh_token is None:
-                raise InvalidGrant(f"no refresh token yet; {login_hint(account.name)}")
+                message = f"no refresh token yet; {login_hint(account.name)}"
+                self.store.save(account.name, state.with_error(message, now))
+                raise InvalidGrant(message)
+        try:
+            if account.grant == "client_credentials" or state.refresh_token is None:  # None: client_credentials only
+                return self.client.client_credentials(account)
             return self.client.refresh(account, state.refresh_token)
         except InvalidGrant as exc:
-            if state.needs_login:
-                raise
             self.store.save(account.name, state.with_error(str(exc), now, needs_login=True))
             raise InvalidGrant(f"refresh token refused ({exc}); {login_hint(account.name)}") from None
         except (TemporaryError, RefreshFailed) as exc:
@@ -124,7 +130,7 @@ class Refresher:
     def write_current(self, account: Account) -> AccountState | None:
         """Write out the state's token if it is still valid; returns the state, or None if it is not."""
         with self.store.locked(account.name):
-            state = self.load(account)
+            state = self._load_locked(account)
             if state.access is None or state.access.expires_at <= self.clock():
                 return None
             outputs.write_all(self.config.token_dir, account, state.access)
@@ -151,7 +157,12 @@ class Refresher:
         return state
 
     def load(self, account: Account) -> AccountState:
-        """The stored state with the config's seed applied (saved at once if it changed anything)."""
+        """The stored state with the config's seed applied; a read only, safe without the lock."""
+        return apply_seed(account, self.store.load(account.name), self.clock())
+
+    def _load_locked(self, account: Account) -> AccountState:
+        """As load(), and saves the seeded state. Only under the account lock: saving a state read
+        outside it could overwrite a refresh token another process has just rotated."""
         state = self.store.load(account.name)
         seeded = apply_seed(account, state, self.clock())
         if seeded is not state:
