@@ -6,20 +6,25 @@ that need them, so that `freshtoken get` starts about as fast as Python does.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from typing import IO, Any
 
 from freshtoken import __version__
 from freshtoken.errors import FreshtokenError, UsageError
+
+TYPE_CHECKING = False  # typing, collections.abc and argparse cost `get` more than its own work
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Mapping, Sequence
+    from typing import IO, Any
 
 # A one-shot command over several accounts ends with the worst outcome.
 SEVERITY = {0: 0, 75: 1, 1: 2, 78: 3}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="freshtoken", description="Keep OAuth 2.0 access tokens fresh in files.")
     parser.add_argument("-c", "--config", metavar="CONFIG", help="config file (default: $FRESHTOKEN_CONFIG, ./freshtoken.yaml, ~/.config/freshtoken/config.yaml, /etc/freshtoken/config.yaml)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -56,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _duration(text: str) -> int:
+    import argparse
+
     from freshtoken.durations import parse_duration
 
     try:
@@ -74,13 +81,16 @@ def main(
     environ = os.environ if environ is None else environ
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    args: Any = _plain_get(sys.argv[1:] if argv is None else list(argv))
+    if args is None:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:
+            return int(exc.code or 0)
     try:
         handler = COMMANDS[args.command]
-        return handler(args, environ, out, err)
+        code: int = handler(args, environ, out, err)
+        return code
     except FreshtokenError as exc:
         print(f"freshtoken: {exc}", file=err)
         return exc.exit_code
@@ -90,6 +100,57 @@ def main(
         return 0
     except KeyboardInterrupt:
         return 130
+
+
+class _GetArgs:
+    """The namespace argparse would give a plain `get` command line."""
+
+    command = "get"
+    config = None
+    verbose = 0
+
+    def __init__(self, account: str, format: str, min_valid: int, token_dir: str | None) -> None:
+        self.account, self.format, self.min_valid, self.token_dir = account, format, min_valid, token_dir
+
+
+def _plain_get(argv: list[str]) -> _GetArgs | None:
+    """`get ACCOUNT [--format F] [--min-valid D] [--token-dir DIR]` read without argparse, whose import
+    costs more than the whole of `get`; None for anything else (argparse then parses it, or explains)."""
+    if not argv or argv[0] != "get":
+        return None
+    values: dict[str, str] = {}
+    account = None
+    rest = iter(argv[1:])
+    for word in rest:
+        if word.startswith("-"):
+            name, equals, value = word.partition("=")
+            if name not in ("--format", "--min-valid", "--token-dir"):
+                return None
+            if not equals:
+                value = next(rest, "-")
+                if value.startswith("-"):
+                    return None
+            values[name] = value
+        elif account is None:
+            account = word
+        else:
+            return None
+    fmt = values.get("--format", "raw")
+    if account is None or fmt not in ("raw", "json", "header", "env"):
+        return None
+    min_valid = 0
+    text = values.get("--min-valid")
+    if text is not None:
+        if text.isdigit() and len(text) < 10:  # below parse_duration's 100-year limit: the same number
+            min_valid = int(text)
+        else:
+            from freshtoken.durations import parse_duration
+
+            try:
+                min_valid = parse_duration(text)
+            except ValueError:
+                return None  # argparse says what is wrong
+    return _GetArgs(account, fmt, min_valid, values.get("--token-dir"))
 
 
 def _silence_stdout() -> None:
@@ -238,7 +299,7 @@ def _setup_logging(verbosity: int, environ: Mapping[str, str], stream: IO[str]) 
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.addHandler(make_log_handler(environ, stream=stream))
+    root.addHandler(make_log_handler(environ, stream=stream))  # type: ignore[arg-type]  # any text stream will do
     root.setLevel(level)
     # urllib3 at DEBUG logs request lines; keep it quiet whatever -v says.
     logging.getLogger("urllib3").setLevel(logging.WARNING)

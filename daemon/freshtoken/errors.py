@@ -5,7 +5,9 @@ Messages are single lines meant for users; none may contain a secret.
 
 from __future__ import annotations
 
-from typing import ClassVar
+TYPE_CHECKING = False  # importing typing would cost `freshtoken get` a few milliseconds
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 
 class FreshtokenError(Exception):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timezone
-
 from freshtoken.errors import FreshtokenError
-from freshtoken.model import AccessToken
+
+TYPE_CHECKING = False  # typing itself costs `get` milliseconds
+if TYPE_CHECKING:
+    from freshtoken.model import AccessToken
 
 FORMATS = ("raw", "json", "header", "env")
 
@@ -23,28 +23,42 @@ def check_token(value: str) -> None:
 
 
 def as_json(token: AccessToken, account: str) -> dict[str, object]:
-    expires = int(token.expires_at)
+    return _document(token.access_token.reveal(), token.token_type, token.expires_at, token.scope, account)
+
+
+def _document(value: str, token_type: str, expires_at: float, scope: str | None, account: str) -> dict[str, object]:
+    from datetime import UTC, datetime  # here, not at the top: `get` of a raw token does not need it
+
+    expires = int(expires_at)
     return {
-        "access_token": token.access_token.reveal(),
-        "token_type": token.token_type,
+        "access_token": value,
+        "token_type": token_type,
         "expires_at": expires,
-        "expires_at_iso": datetime.fromtimestamp(expires, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "scope": token.scope,
+        "expires_at_iso": datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "scope": scope,
         "account": account,
     }
 
 
 def render(fmt: str, token: AccessToken, account: str, name: str = "ACCESS_TOKEN") -> bytes:
     """The bytes of one output file, or UnsafeToken."""
-    value = token.access_token.reveal()
+    return render_values(fmt, token.access_token.reveal(), token.token_type, token.expires_at, token.scope, account, name)
+
+
+def render_values(
+    fmt: str, value: str, token_type: str, expires_at: float, scope: str | None, account: str, name: str = "ACCESS_TOKEN"
+) -> bytes:
+    """render() from plain values: `get` uses it so as not to import model (dataclasses costs it ~15 ms)."""
     check_token(value)
     if fmt == "raw":
         return f"{value}\n".encode()
     if fmt == "json":
-        return (json.dumps(as_json(token, account), indent=2) + "\n").encode()
+        import json  # json imports re: only `--format json` pays for it
+
+        return (json.dumps(_document(value, token_type, expires_at, scope, account), indent=2) + "\n").encode()
     if fmt == "header":
-        check_token(token.token_type)
-        return f"Authorization: {token.token_type} {value}\n".encode()
+        check_token(token_type)
+        return f"Authorization: {token_type} {value}\n".encode()
     if fmt == "env":
-        return f"{name}={value}\n{name}_EXPIRES_AT={int(token.expires_at)}\n".encode()
+        return f"{name}={value}\n{name}_EXPIRES_AT={int(expires_at)}\n".encode()
     raise ValueError(f"unknown output format {fmt!r}")
