@@ -98,6 +98,10 @@ def main(
         # `freshtoken get x | head -c 5`: the reader left; that is not an error of ours.
         _silence_stdout()
         return 0
+    except OSError as exc:
+        # e.g. stdout closed (`freshtoken get x >&-`): say so in one line, no traceback
+        print(f"freshtoken: {exc.strerror or exc}", file=err)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -78,7 +78,10 @@ class Store:
     def save(self, account: str, state: AccountState) -> None:
         self.prepare()
         data = json.dumps(state.to_json(), indent=1, sort_keys=True).encode() + b"\n"
-        atomic_write(self.path(account), data, STATE_FILE_MODE)
+        try:
+            atomic_write(self.path(account), data, STATE_FILE_MODE)
+        except OSError as exc:
+            raise FreshtokenError(f"cannot write state {self.path(account)}: {exc.strerror or exc}") from None
 
     def mtime(self, account: str) -> float | None:
         try:
