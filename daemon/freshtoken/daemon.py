@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT = 30.0  # APScheduler sleeps on CLOCK_MONOTONIC, which stops in suspend: wake it at least this often
 CLOCK_JUMP = 10.0  # wall clock moved this much more (or less) than the monotonic clock: a jump
 WARN_RT_BEFORE = 14 * 86400
-STOP_GRACE = 5.0  # seconds an in-flight refresh may take to finish after SIGTERM
+STOP_GRACE = 2.0  # seconds an in-flight refresh may take to finish after SIGTERM (a stop must not wait out a read timeout)
+PERMANENT_BASE = 30.0  # first retry after a permanent refusal: a user has to fix something; do not hammer the provider
 
 
 # ---------------------------------------------------------------- pure policy
@@ -82,7 +83,7 @@ def plan_next(
     # Permanent refusals (invalid_client, a broken output) may be fixed by the user at any
     # moment: keep trying, but slowly.
     n = attempts + 1
-    return Plan(now + backoff(n, rng=rng, cap=backoff_cap), n, "retry")
+    return Plan(now + backoff(n, rng=rng, cap=backoff_cap, base=PERMANENT_BASE), n, "retry")
 
 
 # ---------------------------------------------------------------- per-account bookkeeping
@@ -175,7 +176,9 @@ class Daemon:
             job_id = f"{name}#{self._seq}"
             slot.job, slot.planned_at = job_id, at
             slot.force = slot.force or force
-            run_date = datetime.fromtimestamp(at, timezone.utc)
+            # APScheduler reads the real wall clock; hand it the same distance from now that
+            # `at` has on our clock (identical in production, where our clock is time.time).
+            run_date = datetime.fromtimestamp(time.time() + (at - self.clock()), timezone.utc)
             self.scheduler.add_job(self.run_account, "date", run_date=run_date, id=job_id, args=[name, job_id])
 
     def park(self, name: str) -> None:
@@ -212,13 +215,15 @@ class Daemon:
                 log.exception("unexpected error refreshing %s", name)
                 outcome = RefreshFailed(f"internal error: {type(exc).__name__}")
             plan = self._after_run(slot, outcome)
-            if plan.at is not None:
-                with self._sched_lock:
-                    superseded = job_id is not None and slot.job != job_id
-                if not superseded:
+            with self._sched_lock:
+                superseded = job_id is not None and slot.job != job_id
+            # A newer schedule (a reload, a new login, SIGUSR1) wins over this run's plan,
+            # a parking one included: it would drop the job that picks up the new login.
+            if not superseded:
+                if plan.at is not None:
                     self.schedule(name, plan.at)
-            else:
-                self.park(name)
+                else:
+                    self.park(name)
         self.events.put(("ran", name))
         return plan
 
@@ -354,7 +359,11 @@ class Daemon:
                 mtime = self.store.mtime(name)
                 if mtime != slot.state_mtime:
                     slot.state_mtime = mtime
-                    state = self.store.load(name)
+                    try:
+                        state = self.store.load(name)
+                    except FreshtokenError as exc:  # the heartbeat must go on whatever the disk says
+                        log.warning("%s: %s", name, exc)
+                        continue
                     if not state.needs_login:
                         log.info("%s: new login found; resuming", name)
                         slot.needs_login = False
@@ -385,7 +394,12 @@ class Daemon:
             return
         if drift > 0:
             log.warning("wall clock jumped %s forward (or the system was suspended); running due refreshes", humanize(drift))
-            return  # wakeup() in beat() runs whatever is now due
+            # Re-add each job at its planned wall time: whatever is now due runs at once, even on a
+            # scheduler that has not seen the jump itself (wakeup() in beat() covers the rest).
+            for name, slot in list(self.slots.items()):
+                if slot.planned_at is not None:
+                    self.schedule(name, slot.planned_at)
+            return
         # Backward: every planned time now lies `drift` further away than it really is,
         # and stored expiry times look later than they are. Keep each account's refresh
         # at the same real moment, and force it, since the expiry check would be fooled.
@@ -422,7 +436,7 @@ class Daemon:
             new = self.config_loader()
         except ConfigError as exc:
             log.error("reload failed, keeping the old config: %s", exc)
-            systemd.notify({"READY": 1, "STATUS": f"reload failed: {exc}"}, environ=self.environ)
+            systemd.notify({**self._ready_field(), "STATUS": f"reload failed: {exc}"}, environ=self.environ)
             return
         if new.state_dir != self.config.state_dir:
             log.warning("state_dir changed in the config; this takes a restart, keeping %s", self.config.state_dir)
@@ -430,9 +444,11 @@ class Daemon:
         old = self.config
         self.config = new
         self.refresher.config = new
+        self.client.timeouts = Timeouts(new.connect_timeout, new.read_timeout)
         for name in [n for n in self.slots if n not in new.accounts]:
             self.park(name)
             del self.slots[name]
+            self._startup_pending.discard(name)  # its first run will never report: do not hold READY for it
             log.info("%s: removed from the config; no longer refreshed", name)
         now = self.clock()
         for name, account in new.accounts.items():
@@ -450,7 +466,12 @@ class Daemon:
         for warning in new.warnings:
             log.warning("%s", warning)
         log.info("reloaded %s", new.file)
-        systemd.notify({"READY": 1, "STATUS": self.summary()}, environ=self.environ)
+        systemd.notify({**self._ready_field(), "STATUS": self.summary()}, environ=self.environ)
+        self._check_ready()
+
+    def _ready_field(self) -> dict[str, int]:
+        # READY=1 ends a reload, but must not come before the start-up pass is done.
+        return {"READY": 1} if self._ready else {}
 
     # ------------------------------------------------------------ signals, metrics, shutdown
 
