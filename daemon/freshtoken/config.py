@@ -297,10 +297,13 @@ class _Reader:
         except ValueError as exc:
             raise self.ctx.error(self.key(name), str(exc)) from None
 
-    def number(self, name: str, default: float, *, minimum: float, integer: bool = False) -> float:
+    def number(self, name: str, default: float, *, minimum: float, integer: bool = False, duration: bool = False) -> float:
         value = self.raw(name)
         if value is None:
             return default
+        if duration and isinstance(value, str):
+            # Timeouts read like every other duration ("10s"), and may also be fractional seconds (0.5).
+            value = self.duration(name)
         if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
             kind = "an integer" if integer else "a number"
             raise self.ctx.error(self.key(name), f"expected {kind}, got {_type_name(value)}")
@@ -374,8 +377,8 @@ def parse(doc: Any, file: str, environ: Mapping[str, str], *, lines: Mapping[str
     workers = int(top.number("workers", 4, minimum=1, integer=True))
     backoff_max = top.duration("backoff_max")
     hook_timeout = top.duration("hook_timeout")
-    connect_timeout = top.number("connect_timeout", 10.0, minimum=0.1)
-    read_timeout = top.number("read_timeout", 30.0, minimum=0.1)
+    connect_timeout = top.number("connect_timeout", 10.0, minimum=0.1, duration=True)
+    read_timeout = top.number("read_timeout", 30.0, minimum=0.1, duration=True)
 
     raw_accounts = top.raw("accounts")
     if raw_accounts is None:
