@@ -494,7 +494,7 @@ def test_check_config_unwritable_output_exits_78_naming_the_key(
     path = write_config(DIRS + PUBLIC_ACCOUNT + "    outputs:\n      - path: {tmp}/blocker/token\n")
     run = freshtoken("-c", str(path), "check-config")
     assert run.code == 78, run
-    assert run.err.startswith(f"freshtoken: {path}: accounts.demo.outputs[0].path: {tmp_path}/blocker is not writable: Not a directory")
+    assert run.err.startswith(f"freshtoken: {path}:9: accounts.demo.outputs[0].path: {tmp_path}/blocker is not writable: Not a directory")
 
 
 def test_check_config_unwritable_token_dir_exits_78(
@@ -561,3 +561,60 @@ def test_get_fast_path_takes_the_usual_command_lines() -> None:
     unusual = [["-c", "cfg", "get", "demo"], ["get", "-h"], ["get", "demo", "--form", "json"], ["get", "demo", "x"]]
     assert all(cli._plain_get(argv) is not None for argv in usual)
     assert all(cli._plain_get(argv) is None for argv in unusual)
+
+
+def test_options_work_after_the_command_too(freshtoken: Callable[..., Run], demo_config: Path) -> None:
+    """`freshtoken status -c FILE` means the same as `freshtoken -c FILE status`."""
+    before = freshtoken("-c", str(demo_config), "status")
+    after = freshtoken("status", "-c", str(demo_config))
+    assert 0 == before.code == after.code
+    assert before.out == after.out
+    assert "demo" in after.out
+
+
+def test_no_command_prints_the_command_list_and_exits_2(freshtoken: Callable[..., Run]) -> None:
+    """A bare `freshtoken` lists the commands instead of only complaining that one is required."""
+    run = freshtoken()
+    assert 2 == run.code
+    for command in ("run", "login", "refresh", "get", "status", "check-config", "demo"):
+        assert command in run.err
+
+
+def test_status_without_any_refresh_token_says_needs_login(
+    freshtoken: Callable[..., Run], write_config: Callable[..., Path]
+) -> None:
+    """An account that never logged in shows needs-login, refresh token 'none', and the login command."""
+    path = write_config(DIRS + PUBLIC_ACCOUNT)
+    run = freshtoken("-c", str(path), "status")
+    assert 0 == run.code
+    row = run.out.splitlines()[1].split()
+    assert ["demo", "needs-login", "-", "never", "none", "-"] == row
+    assert "demo: run `freshtoken login demo`" in run.out
+
+
+def test_status_needs_no_secret_variable(freshtoken: Callable[..., Run], write_config: Callable[..., Path]) -> None:
+    """status works although the client secret's ${VAR} is not set (it never sends a request)."""
+    path = write_config(DIRS + "accounts:\n  demo:\n    token_url: http://127.0.0.1:1/t\n    client_id: x\n    client_secret: ${{NOPE_NOT_SET}}\n")
+    assert 0 == freshtoken("-c", str(path), "status").code
+    assert 78 == freshtoken("-c", str(path), "refresh").code
+
+
+def test_check_config_refuses_an_unknown_output_group(freshtoken: Callable[..., Run], write_config: Callable[..., Path], tmp_path: Path) -> None:
+    """check-config names the output's group key when the group does not exist, instead of passing and failing later."""
+    path = write_config(
+        DIRS + PUBLIC_ACCOUNT + "    outputs:\n      - path: {tmp}/out.token\n        group: no-such-group-freshtoken\n"
+    )
+    run = freshtoken("-c", str(path), "check-config")
+    assert 78 == run.code
+    assert f"{path}:10: accounts.demo.outputs[0].group: no such group 'no-such-group-freshtoken'" in run.err
+
+
+def test_spotify_localhost_redirect_warns(freshtoken: Callable[..., Run], write_config: Callable[..., Path]) -> None:
+    """check-config warns that Spotify refuses a localhost redirect URI."""
+    path = write_config(
+        DIRS + "accounts:\n  sp:\n    provider: spotify\n    client_id: x\n    client_secret: y\n"
+        "    redirect_uri: http://localhost:8888/callback\n"
+    )
+    run = freshtoken("-c", str(path), "check-config")
+    assert 0 == run.code
+    assert "accounts.sp.redirect_uri: Spotify refuses localhost" in run.err

@@ -88,7 +88,7 @@ BAD_CONFIGS: list[tuple[str, str, dict[str, str], str]] = [
         " use sys.set_int_max_str_digits() to increase the limit)",
     ),
     ("nested too deeply", "a: " + "[" * 3000 + "]" * 3000 + "\n", {}, ": malformed YAML: nested too deeply"),
-    ("recursive alias", "accounts: &a\n  x: *a\n", {}, ": accounts.x.x: unknown key"),
+    ("recursive alias", "accounts: &a\n  x: *a\n", {}, ":2: accounts.x.x: unknown key"),
     ("duplicate key", doc(*SPOTIFY, "client_id: again"), {}, ":8: accounts.spotify.client_id: duplicate key"),
     ("duplicate account", doc(*SPOTIFY) + "  spotify:\n    provider: spotify\n", {}, ":8: accounts.spotify: duplicate key"),
     ("non-string key", "1: x\n", {}, ": keys must be strings, got an integer 1"),
@@ -228,14 +228,14 @@ BAD_CONFIGS: list[tuple[str, str, dict[str, str], str]] = [
         "no client secret for basic",
         doc("provider: spotify", "client_id: abc"),
         {},
-        ": accounts.spotify.client_secret: missing: client_auth 'basic' needs client_secret or client_secret_file"
+        ":4: accounts.spotify.client_secret: missing: client_auth 'basic' needs client_secret or client_secret_file"
         " (or set client_auth: none for a public PKCE client)",
     ),
     (
         "no client secret for post",
         doc("token_url: https://a.example/token", "client_id: abc", "client_auth: post"),
         {},
-        ": accounts.spotify.client_secret: missing: client_auth 'post' needs client_secret or client_secret_file"
+        ":4: accounts.spotify.client_secret: missing: client_auth 'post' needs client_secret or client_secret_file"
         " (or set client_auth: none for a public PKCE client)",
     ),
     (
@@ -249,7 +249,7 @@ BAD_CONFIGS: list[tuple[str, str, dict[str, str], str]] = [
         "no client id",
         doc("provider: spotify", "client_secret: x"),
         {},
-        ": accounts.spotify.client_id: missing: the client id of your registered app",
+        ":4: accounts.spotify.client_id: missing: the client id of your registered app",
     ),
     (
         "client_credentials with refresh_token",
@@ -285,7 +285,7 @@ BAD_CONFIGS: list[tuple[str, str, dict[str, str], str]] = [
         "no token_url",
         doc("client_id: abc", "client_secret: x"),
         {},
-        ": accounts.spotify.token_url: missing: give token_url or a provider preset such as 'spotify'",
+        ":4: accounts.spotify.token_url: missing: give token_url or a provider preset such as 'spotify'",
     ),
     (
         "token_url not http",
@@ -311,7 +311,7 @@ BAD_CONFIGS: list[tuple[str, str, dict[str, str], str]] = [
         "output without path",
         doc(*SPOTIFY, "outputs:", "  - format: raw"),
         {},
-        ": accounts.spotify.outputs[0].path: missing: where to write the token",
+        ":9: accounts.spotify.outputs[0].path: missing: where to write the token",
     ),
     (
         "relative hook",
@@ -633,13 +633,14 @@ def test_default_dirs_from_systemd(write: Callable[..., Path], env: dict[str, st
 
 
 def test_default_dirs_from_xdg(write: Callable[..., Path], env: dict[str, str], tmp_path: Path) -> None:
-    """Outside systemd, $XDG_STATE_HOME/freshtoken and $XDG_RUNTIME_DIR/freshtoken; without XDG_STATE_HOME, ~/.local/state."""
+    """Outside systemd, $XDG_STATE_HOME/freshtoken and $XDG_RUNTIME_DIR/freshtoken; without XDG_STATE_HOME, ~/.local/state (root: /var/lib)."""
     text = "accounts:\n  spotify:\n    provider: spotify\n    client_id: abc\n    client_secret: x\n"
     cfg = config.load(write(text), env)
     assert cfg.state_dir == tmp_path / "xdg-state" / "freshtoken"
     assert cfg.token_dir == tmp_path / "xdg-runtime" / "freshtoken"
     no_state_home = {k: v for k, v in env.items() if k != "XDG_STATE_HOME"}
-    assert config.load(write(text), no_state_home).state_dir == tmp_path / "home" / ".local" / "state" / "freshtoken"
+    expected = Path("/var/lib/freshtoken") if os.geteuid() == 0 else tmp_path / "home" / ".local" / "state" / "freshtoken"
+    assert config.load(write(text), no_state_home).state_dir == expected
 
 
 def test_default_token_dir_without_xdg_runtime_dir(write: Callable[..., Path], env: dict[str, str]) -> None:
@@ -670,11 +671,34 @@ def test_client_secret_file_absolute_and_credential_name(write: Callable[..., Pa
     assert by_name.accounts["spotify"].client_secret_file == "spotify"
 
 
-def test_shipped_example_config_is_valid(env: dict[str, str]) -> None:
-    """config.example.yaml parses, with its secret from the environment."""
-    cfg = config.load(REPO / "config.example.yaml", {**env, "SPOTIFY_CLIENT_SECRET": "x"})
+def test_shipped_example_config_is_valid(env: dict[str, str], tmp_path: Path) -> None:
+    """config.example.yaml loads as systemd would run it: its secret from the credentials directory."""
+    (tmp_path / "credentials").mkdir()
+    (tmp_path / "credentials" / "spotify-client-secret").write_text("s3cret\n")
+    cfg = config.load(REPO / "config.example.yaml", {**env, "CREDENTIALS_DIRECTORY": str(tmp_path / "credentials")})
     assert list(cfg.accounts) == ["spotify"]
-    assert cfg.accounts["spotify"].outputs[0].group == "music"
+    assert cfg.accounts["spotify"].client_secret is not None
+    assert "s3cret" == cfg.accounts["spotify"].client_secret.reveal()
+    assert 180 * 86400 == cfg.accounts["spotify"].refresh_token_lifetime
+
+
+def test_check_config_defers_a_credential_name_outside_systemd(env: dict[str, str]) -> None:
+    """Outside systemd, check-config accepts a bare credential name with a warning instead of failing."""
+    cfg = config.load(REPO / "config.example.yaml", env, defer_credentials=True)
+    assert cfg.accounts["spotify"].client_secret is None
+    assert any("read when systemd starts the service" in w for w in cfg.warnings)
+    with pytest.raises(ConfigError) as info:
+        config.load(REPO / "config.example.yaml", env)
+    assert "$CREDENTIALS_DIRECTORY is not set" in str(info.value)
+
+
+def test_read_only_commands_tolerate_missing_secret_variables(write: Callable[..., Path], env: dict[str, str]) -> None:
+    """status and get -c load the config without secrets: a missing ${VAR} does not stop them."""
+    path = write(doc("provider: spotify", "client_id: abc", "client_secret: ${NOT_SET_ANYWHERE}"))
+    cfg = config.load(path, env, secrets=False)
+    assert ["spotify"] == list(cfg.accounts)
+    with pytest.raises(ConfigError):
+        config.load(path, env)
 
 
 def test_world_readable_literal_secret_warns(write: Callable[..., Path], env: dict[str, str]) -> None:
@@ -729,8 +753,8 @@ def test_find_nothing_is_a_config_error(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(ConfigError) as info:
         config.find(None, {"XDG_CONFIG_HOME": str(tmp_path / "xdg")})
     assert str(info.value) == (
-        f"freshtoken: no config file found (looked in freshtoken.yaml, {tmp_path}/xdg/freshtoken/config.yaml, "
-        "/etc/freshtoken/config.yaml); pass -c FILE"
+        f"no config file found (looked in freshtoken.yaml, {tmp_path}/xdg/freshtoken/config.yaml, "
+        "/etc/freshtoken/config.yaml); pass -c FILE or set $FRESHTOKEN_CONFIG"
     )
     assert info.value.exit_code == 78
 

@@ -465,7 +465,7 @@ def test_a_failing_output_is_named_and_the_others_are_still_written(tmp_path: Pa
     extra = (Output(path=blocker / "token"), Output(path=tmp_path / "after.token"))
     with pytest.raises(OutputError) as info:
         write_all(tmp_path / "tokens", account(outputs=extra), TOKEN)
-    assert str(info.value) == f"spotify: could not write {blocker / 'token'}: Not a directory"
+    assert str(info.value) == f"could not write {blocker / 'token'}: Not a directory"
     assert (tmp_path / "tokens" / "spotify.token").read_bytes() == b"BQD4x-_.~+/=tok\n"
     assert (tmp_path / "tokens" / "spotify.json").exists()
     assert (tmp_path / "after.token").read_bytes() == b"BQD4x-_.~+/=tok\n"
@@ -479,7 +479,7 @@ def test_an_unusable_token_dir_is_an_output_error_and_extras_are_written(tmp_pat
     extra = (Output(path=tmp_path / "elsewhere.token"),)
     with pytest.raises(OutputError) as info:
         write_all(token_dir, account(outputs=extra), TOKEN)
-    assert str(info.value) == f"spotify: could not write {token_dir}: exists and is not a directory"
+    assert str(info.value) == f"could not write {token_dir}: exists and is not a directory"
     assert (tmp_path / "elsewhere.token").read_bytes() == b"BQD4x-_.~+/=tok\n"
 
 
@@ -488,7 +488,7 @@ def test_an_unknown_group_is_an_output_error(tmp_path: Path) -> None:
     extra = (Output(path=tmp_path / "x.token", group="no-such-group-freshtoken"),)
     with pytest.raises(OutputError) as info:
         write_all(tmp_path / "tokens", account(outputs=extra), TOKEN)
-    assert str(info.value) == f"spotify: could not write {tmp_path / 'x.token'}: no such group 'no-such-group-freshtoken'"
+    assert str(info.value) == f"could not write {tmp_path / 'x.token'}: no such group 'no-such-group-freshtoken'"
     assert (tmp_path / "tokens" / "spotify.token").exists()
 
 

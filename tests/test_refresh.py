@@ -303,7 +303,7 @@ def test_no_refresh_token_at_all_asks_for_a_login(
     refresher = refresher_for(make_config())
     with pytest.raises(InvalidGrant) as caught:
         refresher.refresh(refresher.config.accounts["demo"])
-    assert str(caught.value) == "no refresh token yet; run `freshtoken login demo` (or put a new refresh_token in the config and reload)"
+    assert str(caught.value) == "no refresh token yet; run `freshtoken login demo` (or set a new refresh_token in the config)"
     assert auth_server.token_requests == 0
 
 

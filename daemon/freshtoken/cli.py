@@ -24,12 +24,19 @@ SEVERITY = {0: 0, 75: 1, 1: 2, 78: 3}
 
 def build_parser() -> argparse.ArgumentParser:
     import argparse
+    import functools
 
     parser = argparse.ArgumentParser(prog="freshtoken", description="Keep OAuth 2.0 access tokens fresh in files.")
     parser.add_argument("-c", "--config", metavar="CONFIG", help="config file (default: $FRESHTOKEN_CONFIG, ./freshtoken.yaml, ~/.config/freshtoken/config.yaml, /etc/freshtoken/config.yaml)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     parser.add_argument("--version", action="version", version=f"freshtoken {__version__}")
+    # -c and -v also work after the command (`freshtoken status -c FILE`); SUPPRESS keeps
+    # the subcommand from overwriting a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", metavar="CONFIG", default=argparse.SUPPRESS, help="config file")
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser = functools.partial(sub.add_parser, parents=[common])  # type: ignore[method-assign]
 
     sub.add_parser("run", help="the daemon, in the foreground (systemd runs it)")
 
@@ -81,10 +88,15 @@ def main(
     environ = os.environ if environ is None else environ
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    args: Any = _plain_get(sys.argv[1:] if argv is None else list(argv))
+    words = sys.argv[1:] if argv is None else list(argv)
+    args: Any = _plain_get(words)
     if args is None:
+        parser = build_parser()
+        if not words:
+            parser.print_help(err)
+            return 2
         try:
-            args = build_parser().parse_args(argv)
+            args = parser.parse_args(words)
         except SystemExit as exc:
             return int(exc.code or 0)
     try:
@@ -173,7 +185,7 @@ def cmd_get(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], 
 
     config_token_dir = None
     if args.config and not args.token_dir:
-        config_token_dir = str(_load_config(args, environ).token_dir)
+        config_token_dir = str(_load_config(args, environ, secrets=False).token_dir)
     data = get(args.account, fmt=args.format, min_valid=args.min_valid, token_dir=args.token_dir, config_token_dir=config_token_dir, environ=environ)
     out.write(data.decode())
     out.flush()
@@ -208,7 +220,7 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str
 
     from freshtoken.status import describe, render_table
 
-    config = _load_config(args, environ)
+    config = _load_config(args, environ, secrets=False)
     rows = describe(config)
     if args.json:
         print(json.dumps(rows, indent=2), file=out)
@@ -220,7 +232,7 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str
 def cmd_check_config(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
     from freshtoken.status import check_config
 
-    config = _load_config(args, environ)
+    config = _load_config(args, environ, defer_credentials=True)
     for warning in config.warnings:
         print(f"warning: {warning}", file=err)
     print(check_config(config), file=out)
@@ -265,10 +277,10 @@ COMMANDS: dict[str, Any] = {
 # ---------------------------------------------------------------- helpers
 
 
-def _load_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
+def _load_config(args: argparse.Namespace, environ: Mapping[str, str], **options: bool) -> Any:
     from freshtoken import config
 
-    return config.load(config.find(args.config, environ), environ)
+    return config.load(config.find(args.config, environ), environ, **options)
 
 
 def _select_accounts(config: Any, names: Sequence[str]) -> list[Any]:

@@ -26,6 +26,7 @@ from freshtoken.providers import PRESETS
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 VARIABLE = re.compile(r"\$\{([^}]*)\}")
+_PARENT_KEY = re.compile(r"(\.[^.\[]*|\[\d+\])$")  # accounts.a.outputs[0] -> accounts.a.outputs -> accounts.a
 CLIENT_AUTHS = ("basic", "post", "none")
 GRANTS = ("refresh_token", "client_credentials")
 TOP_KEYS = ("state_dir", "token_dir", "refresh_margin", "metrics_listen", "workers", "backoff_max", "hook_timeout",
@@ -85,6 +86,11 @@ class Config:
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        """A ConfigError about `key`, pointing at its line (or its nearest parent's) in the file."""
+        return ConfigError(self.file, key, problem, line_of(self.lines, key))
 
     def margin_for(self, account: Account) -> int | None:
         return account.refresh_margin if account.refresh_margin is not None else self.refresh_margin
@@ -115,14 +121,20 @@ def find(explicit: str | None, environ: Mapping[str, str]) -> Path:
         if path.exists():
             return path
     looked = ", ".join(str(p) for p in candidates)
-    raise ConfigError("freshtoken", "", f"no config file found (looked in {looked}); pass -c FILE")
+    raise ConfigError("", "", f"no config file found (looked in {looked}); pass -c FILE or set $FRESHTOKEN_CONFIG")
 
 
 # ---------------------------------------------------------------- loading
 
 
-def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, parse and validate the config file, then read the secret files it names."""
+def load(path: Path, environ: Mapping[str, str] | None = None, *, secrets: bool = True, defer_credentials: bool = False) -> Config:
+    """Read, parse and validate the config file, then read the secret files it names.
+
+    `secrets=False` is for commands that never send a request (`status`, `get -c`):
+    a missing ${VAR} or credential file does not stop them, and no secret is read.
+    `defer_credentials=True` (check-config outside systemd) lets a bare credential
+    name wait for the $CREDENTIALS_DIRECTORY that systemd's LoadCredential= gives.
+    """
     environ = os.environ if environ is None else environ
     file = str(path)
     try:
@@ -133,8 +145,9 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(file, "", f"cannot read: {_os_reason(exc)}") from None
     doc, lines = read_yaml(text, file)
-    config = parse(doc, file, environ, lines=lines)
-    config = resolve_secret_files(config, environ)
+    config = parse(doc, file, environ, lines=lines, lenient=not secrets)
+    if secrets:
+        config = resolve_secret_files(config, environ, defer_credentials=defer_credentials)
     if info.st_mode & stat.S_IROTH and _has_literal_secret(doc):
         config = replace(
             config,
@@ -188,14 +201,18 @@ def _collect_lines(node: yaml.Node, prefix: str, lines: dict[str, int], file: st
             _collect_lines(item, path, lines, file, visited)
 
 
-def resolve_secret_files(config: Config, environ: Mapping[str, str]) -> Config:
+def resolve_secret_files(config: Config, environ: Mapping[str, str], *, defer_credentials: bool = False) -> Config:
     accounts = {}
+    warnings = list(config.warnings)
     for name, account in config.accounts.items():
-        if account.client_secret_file:
-            secret = _read_secret_file(config.file, f"accounts.{name}.client_secret_file", account.client_secret_file, environ)
+        value = account.client_secret_file
+        if value and defer_credentials and "/" not in value and not environ.get("CREDENTIALS_DIRECTORY"):
+            warnings.append(f"accounts.{name}.client_secret_file: credential {value!r} is read when systemd starts the service (LoadCredential=); not checked here")
+        elif value:
+            secret = _read_secret_file(config.file, f"accounts.{name}.client_secret_file", value, environ)
             account = replace(account, client_secret=Secret(secret))
         accounts[name] = account
-    return replace(config, accounts=accounts)
+    return replace(config, accounts=accounts, warnings=tuple(warnings))
 
 
 def _read_secret_file(file: str, key: str, value: str, environ: Mapping[str, str]) -> str:
@@ -236,6 +253,19 @@ def _os_reason(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- parsing (pure)
+
+
+def line_of(lines: Mapping[str, int], key: str) -> int | None:
+    """The key's own line, else its nearest parent's (a missing key is missing from its account)."""
+    while key:
+        if key in lines:
+            return lines[key]
+        parent = _PARENT_KEY.sub("", key)
+        if parent == key:
+            break
+        key = parent
+    return None
+
 
 
 class _Reader:
@@ -341,11 +371,12 @@ class _Context:
     file: str
     environ: Mapping[str, str]
     lines: Mapping[str, int]
+    lenient: bool = False  # leave a missing ${VAR} as written (read-only commands)
 
     def error(self, key: str, problem: str) -> ConfigError:
         # Keys come from the file: escape a newline in one so the message stays a single line.
         shown = key if key.isprintable() else key.encode("unicode_escape").decode("ascii")
-        return ConfigError(self.file, shown, problem, self.lines.get(key))
+        return ConfigError(self.file, shown, problem, line_of(self.lines, key))
 
     def expand(self, key: str, value: str) -> str:
         def substitute(match: re.Match[str]) -> str:
@@ -353,6 +384,8 @@ class _Context:
             if not ENV_NAME.fullmatch(name):
                 raise self.error(key, f"${{{name}}} is not a valid variable name")
             if name not in self.environ:
+                if self.lenient:
+                    return match.group(0)
                 raise self.error(key, f"environment variable {name} is not set")
             return self.environ[name]
 
@@ -361,9 +394,9 @@ class _Context:
         return VARIABLE.sub(substitute, value)
 
 
-def parse(doc: Any, file: str, environ: Mapping[str, str], *, lines: Mapping[str, int] | None = None) -> Config:
+def parse(doc: Any, file: str, environ: Mapping[str, str], *, lines: Mapping[str, int] | None = None, lenient: bool = False) -> Config:
     """Validate a loaded YAML document into a Config. Raises only ConfigError."""
-    ctx = _Context(file, environ, lines or {})
+    ctx = _Context(file, environ, lines or {}, lenient)
     if doc is None:
         raise ctx.error("", "the file is empty")
     top = _Reader(doc, "", ctx, TOP_KEYS)
@@ -393,6 +426,11 @@ def parse(doc: Any, file: str, environ: Mapping[str, str], *, lines: Mapping[str
             raise ctx.error(f"accounts.{name}", "account names may use only letters, digits, '_', '.' and '-'")
         accounts[name] = _parse_account(name, accounts_reader.doc[name], ctx)
     top.finish()
+    warnings = tuple(
+        f"{file}: accounts.{name}.redirect_uri: Spotify refuses localhost; register and use http://127.0.0.1:PORT/... instead"
+        for name, account in accounts.items()
+        if account.provider == "spotify" and "://localhost" in account.redirect_uri.lower()
+    )
     return Config(
         file=file,
         state_dir=Path(state_dir),
@@ -405,6 +443,8 @@ def parse(doc: Any, file: str, environ: Mapping[str, str], *, lines: Mapping[str
         hook_timeout=hook_timeout if hook_timeout is not None else 30,
         connect_timeout=float(connect_timeout),
         read_timeout=float(read_timeout),
+        warnings=warnings,
+        lines=dict(ctx.lines),
     )
 
 
@@ -545,8 +585,11 @@ def _check_url(r: _Reader, name: str, value: str) -> None:
 def _default_state_dir(environ: Mapping[str, str], ctx: _Context) -> str:
     if environ.get("STATE_DIRECTORY"):
         return environ["STATE_DIRECTORY"].split(":")[0]
-    base = environ.get("XDG_STATE_HOME") or _home_path(environ, ".local/state")
-    return os.path.join(base, "freshtoken")
+    if environ.get("XDG_STATE_HOME"):
+        return os.path.join(environ["XDG_STATE_HOME"], "freshtoken")
+    if os.geteuid() == 0:
+        return "/var/lib/freshtoken"  # beside root's /run/freshtoken token dir, where systemd's StateDirectory= puts it
+    return os.path.join(_home_path(environ, ".local/state"), "freshtoken")
 
 
 def _default_token_dir(environ: Mapping[str, str], ctx: _Context) -> str:

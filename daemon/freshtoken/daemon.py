@@ -330,7 +330,7 @@ class Daemon:
             except queue.Empty:
                 event, arg = "beat", None
             if event == "stop":
-                log.info("received %s, stopping", arg)
+                log.info("%s, stopping", arg)
                 return
             if event == "reload":
                 self.reload()
@@ -477,8 +477,8 @@ class Daemon:
 
     def _install_signals(self) -> None:
         # Handlers only enqueue: SimpleQueue.put is reentrant (bpo-14976); the work happens in _loop.
-        signal.signal(signal.SIGTERM, lambda *_: self.events.put(("stop", "SIGTERM")))
-        signal.signal(signal.SIGINT, lambda *_: self.events.put(("stop", "SIGINT")))
+        signal.signal(signal.SIGTERM, lambda *_: self.events.put(("stop", "received SIGTERM")))
+        signal.signal(signal.SIGINT, lambda *_: self.events.put(("stop", "received SIGINT")))
         signal.signal(signal.SIGHUP, lambda *_: self.events.put(("reload", None)))
         signal.signal(signal.SIGUSR1, lambda *_: self.events.put(("refresh-all", None)))
 

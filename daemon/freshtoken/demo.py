@@ -57,21 +57,23 @@ def demo(*, duration: float | None, lifetime: float, out: IO[str]) -> int:
         print(
             f"freshtoken demo: a loopback authorization server at {server.url} issues {lifetime:g}s tokens\n"
             f"  config:  {path}\n"
-            f"  tokens:  {config.token_dir}/demo.token, demo.json, demo.header, demo-app.token\n"
+            f"  tokens:  {config.token_dir}/demo.token, demo.json, demo.header, demo-app.token, demo-app.json\n"
             f"  try:     freshtoken get demo --token-dir {config.token_dir}\n"
+            f"           freshtoken -c {path} status\n"
             f"  signals: kill -USR1 {os.getpid()} refreshes now, kill -HUP reloads, Ctrl-C stops\n",
             file=out,
             flush=True,
         )
         if duration is not None:
-            timer = threading.Timer(duration, lambda: daemon.events.put(("stop", f"--duration {duration:g}s")))
+            timer = threading.Timer(duration, lambda: daemon.events.put(("stop", f"--duration {duration:g}s elapsed")))
             timer.daemon = True
             timer.start()
         code = daemon.run()
         valid = sum(server.is_valid_access_token(t) for t in _current_tokens(config.token_dir))
         print(
-            f"\nfreshtoken demo: {server.refreshes_ok} refreshes, {server.reuse_count} refresh-token reuses, "
-            f"{valid} of 2 token files valid at the end",
+            f"\nfreshtoken demo: the server issued {server.tokens_issued} access tokens "
+            f"({server.refreshes_ok} by refresh token, each rotating it), saw {server.reuse_count} reuses of a spent "
+            f"refresh token; {valid} of 2 token files valid at the end",
             file=out,
             flush=True,
         )

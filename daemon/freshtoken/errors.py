@@ -30,7 +30,7 @@ class ConfigError(FreshtokenError):
     def __init__(self, file: str, key: str, problem: str, line: int | None = None) -> None:
         self.file, self.key, self.problem, self.line = file, key, problem, line
         where = f"{file}:{line}" if line else file
-        super().__init__(f"{where}: {key}: {problem}" if key else f"{where}: {problem}")
+        super().__init__(": ".join(part for part in (where, key, problem) if part))
 
 
 class TemporaryError(FreshtokenError):

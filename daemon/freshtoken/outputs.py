@@ -55,4 +55,4 @@ def write_all(token_dir: Path, account: Account, token: AccessToken) -> None:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             failures.append(f"{output.path}: {reason}")
     if failures:
-        raise OutputError(f"{account.name}: could not write " + "; ".join(failures))
+        raise OutputError("could not write " + "; ".join(failures))

@@ -29,7 +29,7 @@ HookRunner = Callable[[Account, Path, float], None]
 
 
 def login_hint(account: str) -> str:
-    return f"run `freshtoken login {account}` (or put a new refresh_token in the config and reload)"
+    return f"run `freshtoken login {account}` (or set a new refresh_token in the config)"
 
 
 @dataclass(frozen=True, slots=True)

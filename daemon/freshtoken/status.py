@@ -9,8 +9,7 @@ from typing import Any
 
 from freshtoken.config import Config
 from freshtoken.durations import format_duration, humanize
-from freshtoken.errors import ConfigError
-from freshtoken.fsutil import ensure_dir, probe_writable
+from freshtoken.fsutil import ensure_dir, probe_writable, resolve_group
 from freshtoken.outputs import all_outputs
 from freshtoken.refresh import apply_seed, lifetime
 from freshtoken.store import STATE_DIR_MODE, Store
@@ -31,7 +30,8 @@ def describe(config: Config, now: float | None = None) -> list[dict[str, Any]]:
         access = state.access
         margin = effective_margin(config.margin_for(account), lifetime(state))
         condition = token_state(access.expires_at if access else None, margin, now=now)
-        if state.needs_login:
+        needs_login = state.needs_login or (account.grant == "refresh_token" and state.refresh_token is None)
+        if needs_login:
             condition = "needs-login"
         rt_left = state.refresh_token_expires_at - now if state.refresh_token_expires_at else None
         rows.append(
@@ -47,7 +47,8 @@ def describe(config: Config, now: float | None = None) -> list[dict[str, Any]]:
                 "refresh_token_expiring_soon": rt_left is not None and rt_left < WARN_BEFORE_RT_EXPIRY,
                 "last_error": state.last_error,
                 "last_error_at": state.last_error_at,
-                "login_command": f"freshtoken login {account.name}" if state.needs_login else None,
+                "has_refresh_token": state.refresh_token is not None,
+                "login_command": f"freshtoken login {account.name}" if needs_login else None,
             }
         )
     return rows
@@ -58,7 +59,10 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     lines = [header]
     for row in rows:
         rt = row["refresh_token_expires_in"]
-        rt_text = "expiry unknown" if rt is None else (f"expires in {humanize(rt)}" if rt > 0 else "expired")
+        if not row["has_refresh_token"]:
+            rt_text = "none"
+        else:
+            rt_text = "expiry unknown" if rt is None else (f"expires in {humanize(rt)}" if rt > 0 else "expired")
         if row["refresh_token_expiring_soon"]:
             rt_text += " (log in again soon)"
         lines.append(
@@ -68,13 +72,17 @@ def render_table(rows: list[dict[str, Any]]) -> str:
                 humanize(row["expires_in"]) if row["expires_in"] is not None else "-",
                 _when(row["last_refresh"]),
                 rt_text,
-                (row["last_error"] or "-")[:80],
+                _shorten(row["last_error"] or "-", 80),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
     hints = [f"{row['account']}: run `{row['login_command']}`" for row in rows if row["login_command"]]
     return "\n".join([text, *hints])
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _when(epoch: float | None) -> str:
@@ -90,6 +98,7 @@ def check_config(config: Config) -> str:
     for account in config.accounts.values():
         for index, output in enumerate(account.outputs):
             _probe(config, f"accounts.{account.name}.outputs[{index}].path", output.path.parent, create_mode=None)
+            _check_group(config, f"accounts.{account.name}.outputs[{index}].group", output.group)
     lines = [f"config {config.file}: OK", f"state dir  {config.state_dir}", f"token dir  {config.token_dir}"]
     if config.metrics_listen:
         lines.append(f"metrics    http://{config.metrics_listen[0]}:{config.metrics_listen[1]}/metrics")
@@ -114,6 +123,20 @@ def _probe(config: Config, key: str, directory: Path, create_mode: int | None) -
         if create_mode is not None:
             ensure_dir(directory, create_mode)
         probe_writable(directory)
+    except FileNotFoundError:
+        raise config.error(key, f"directory {directory} does not exist") from None
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise ConfigError(config.file, key, f"{directory} is not writable: {reason} (running as uid {os.geteuid()})") from None
+        raise config.error(key, f"{directory} is not writable: {reason} (running as uid {os.geteuid()})") from None
+
+
+def _check_group(config: Config, key: str, group: str | int | None) -> None:
+    """The group must exist, and (unless root) we must be in it, or every write would fail later."""
+    if group is None:
+        return
+    try:
+        gid = resolve_group(group)
+    except LookupError as exc:
+        raise config.error(key, str(exc)) from None
+    if os.geteuid() != 0 and gid != os.getegid() and gid not in os.getgroups():
+        raise config.error(key, f"uid {os.geteuid()} is not in group {group!r}, so it cannot give files that group")
