@@ -13,13 +13,29 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helpers (fakes, oidcprovider) import as top-level modules
 
 from fakes import FakeClock  # noqa: E402
-
 from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer  # noqa: E402
 
-LEAKY_VARIABLES = ("FRESHTOKEN_CONFIG", "FRESHTOKEN_TOKEN_DIR", "STATE_DIRECTORY", "RUNTIME_DIRECTORY",
-                   "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
-                   "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "NO_PROXY",
-                   "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+LEAKY_VARIABLES = (
+    "FRESHTOKEN_CONFIG",
+    "FRESHTOKEN_TOKEN_DIR",
+    "STATE_DIRECTORY",
+    "RUNTIME_DIRECTORY",
+    "CREDENTIALS_DIRECTORY",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "JOURNAL_STREAM",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+)
 
 
 @pytest.fixture(autouse=True)

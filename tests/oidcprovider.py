@@ -162,9 +162,7 @@ class OidcProvider:
             line = lines.get(timeout=self.start_timeout)
         except queue.Empty:
             self.stop()
-            raise HarnessError(
-                f"oidc-provider did not start within {self.start_timeout} s:\n{self.log_text()}"
-            ) from None
+            raise HarnessError(f"oidc-provider did not start within {self.start_timeout} s:\n{self.log_text()}") from None
         if line is None:
             self.stop()
             raise HarnessError(f"oidc-provider exited at start:\n{self.log_text()}")
@@ -395,9 +393,7 @@ class _Forms(html.parser.HTMLParser):
         if tag in ("style", "script"):
             self._skip += 1
         elif tag == "form":
-            self.forms.append(
-                {"action": a.get("action", ""), "method": (a.get("method") or "get").lower(), "inputs": {}}
-            )
+            self.forms.append({"action": a.get("action", ""), "method": (a.get("method") or "get").lower(), "inputs": {}})
         elif tag in ("input", "button") and self.forms and a.get("name"):
             self.forms[-1]["inputs"][a["name"]] = a.get("value", "")
         elif tag == "a" and a.get("href"):
@@ -526,8 +522,7 @@ def approve_in_browser(
     result = json.loads(lines[-1])
     if done.returncode != 0 or result.get("error"):
         raise HarnessError(
-            f"browser: {result.get('error')} (at {result.get('url')}, "
-            f"pages {result.get('pages')}); stderr: {done.stderr[-1000:]}"
+            f"browser: {result.get('error')} (at {result.get('url')}, pages {result.get('pages')}); stderr: {done.stderr[-1000:]}"
         )
     return BrowserResult(
         url=result["url"] or "",

@@ -580,9 +580,7 @@ def test_no_command_prints_the_command_list_and_exits_2(freshtoken: Callable[...
         assert command in run.err
 
 
-def test_status_without_any_refresh_token_says_needs_login(
-    freshtoken: Callable[..., Run], write_config: Callable[..., Path]
-) -> None:
+def test_status_without_any_refresh_token_says_needs_login(freshtoken: Callable[..., Run], write_config: Callable[..., Path]) -> None:
     """An account that never logged in shows needs-login, refresh token 'none', and the login command."""
     path = write_config(DIRS + PUBLIC_ACCOUNT)
     run = freshtoken("-c", str(path), "status")
@@ -594,16 +592,18 @@ def test_status_without_any_refresh_token_says_needs_login(
 
 def test_status_needs_no_secret_variable(freshtoken: Callable[..., Run], write_config: Callable[..., Path]) -> None:
     """status works although the client secret's ${VAR} is not set (it never sends a request)."""
-    path = write_config(DIRS + "accounts:\n  demo:\n    token_url: http://127.0.0.1:1/t\n    client_id: x\n    client_secret: ${{NOPE_NOT_SET}}\n")
+    path = write_config(
+        DIRS + "accounts:\n  demo:\n    token_url: http://127.0.0.1:1/t\n    client_id: x\n    client_secret: ${{NOPE_NOT_SET}}\n"
+    )
     assert 0 == freshtoken("-c", str(path), "status").code
     assert 78 == freshtoken("-c", str(path), "refresh").code
 
 
-def test_check_config_refuses_an_unknown_output_group(freshtoken: Callable[..., Run], write_config: Callable[..., Path], tmp_path: Path) -> None:
+def test_check_config_refuses_an_unknown_output_group(
+    freshtoken: Callable[..., Run], write_config: Callable[..., Path], tmp_path: Path
+) -> None:
     """check-config names the output's group key when the group does not exist, instead of passing and failing later."""
-    path = write_config(
-        DIRS + PUBLIC_ACCOUNT + "    outputs:\n      - path: {tmp}/out.token\n        group: no-such-group-freshtoken\n"
-    )
+    path = write_config(DIRS + PUBLIC_ACCOUNT + "    outputs:\n      - path: {tmp}/out.token\n        group: no-such-group-freshtoken\n")
     run = freshtoken("-c", str(path), "check-config")
     assert 78 == run.code
     assert f"{path}:10: accounts.demo.outputs[0].group: no such group 'no-such-group-freshtoken'" in run.err

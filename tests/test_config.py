@@ -633,7 +633,7 @@ def test_default_dirs_from_systemd(write: Callable[..., Path], env: dict[str, st
 
 
 def test_default_dirs_from_xdg(write: Callable[..., Path], env: dict[str, str], tmp_path: Path) -> None:
-    """Outside systemd, $XDG_STATE_HOME/freshtoken and $XDG_RUNTIME_DIR/freshtoken; without XDG_STATE_HOME, ~/.local/state (root: /var/lib)."""
+    """Outside systemd: $XDG_STATE_HOME and $XDG_RUNTIME_DIR; without XDG_STATE_HOME, ~/.local/state (root: /var/lib)."""
     text = "accounts:\n  spotify:\n    provider: spotify\n    client_id: abc\n    client_secret: x\n"
     cfg = config.load(write(text), env)
     assert cfg.state_dir == tmp_path / "xdg-state" / "freshtoken"

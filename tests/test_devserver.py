@@ -17,7 +17,6 @@ import pytest
 import requests
 
 from fakes import FakeClock
-
 from freshtoken.devserver import (
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
@@ -36,9 +35,7 @@ def server() -> Iterator[AuthServer]:
 
 
 def refresh(server: AuthServer, token: str, auth: tuple[str, str] | None = BASIC, **extra: str) -> requests.Response:
-    return requests.post(
-        server.token_url, data={"grant_type": "refresh_token", "refresh_token": token, **extra}, auth=auth, timeout=5
-    )
+    return requests.post(server.token_url, data={"grant_type": "refresh_token", "refresh_token": token, **extra}, auth=auth, timeout=5)
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -291,9 +288,7 @@ def test_client_credentials_gives_an_access_token_without_refresh_token(server: 
     body = r.json()
     assert r.status_code == 200 and "refresh_token" not in body
     assert server.is_valid_access_token(body["access_token"])
-    r = requests.post(
-        server.token_url, data={"grant_type": "client_credentials", "client_id": DEMO_PUBLIC_CLIENT_ID}, timeout=5
-    )
+    r = requests.post(server.token_url, data={"grant_type": "client_credentials", "client_id": DEMO_PUBLIC_CLIENT_ID}, timeout=5)
     assert r.json()["error"] == "unauthorized_client"
 
 
@@ -303,9 +298,7 @@ def test_client_credentials_gives_an_access_token_without_refresh_token(server: 
 def test_authorization_code_with_pkce_s256_for_a_public_client(server: AuthServer) -> None:
     """A public client's code exchanged with the right S256 verifier yields a working grant."""
     verifier, challenge = pkce_pair()
-    r = authorize(
-        server, client_id=DEMO_PUBLIC_CLIENT_ID, code_challenge=challenge, code_challenge_method="S256", scope="s1"
-    )
+    r = authorize(server, client_id=DEMO_PUBLIC_CLIENT_ID, code_challenge=challenge, code_challenge_method="S256", scope="s1")
     location = urlsplit(r.headers["Location"])
     assert location.netloc == "127.0.0.1:8888" and location.path == "/callback"
     assert parse_qs(location.query)["state"] == ["xyz"]
@@ -530,9 +523,7 @@ def test_keep_alive_reuses_one_connection(server: AuthServer) -> None:
     token = server.issue_refresh_token()
     with requests.Session() as session:
         for _ in range(5):
-            r = session.post(
-                server.token_url, data={"grant_type": "refresh_token", "refresh_token": token}, auth=BASIC, timeout=5
-            )
+            r = session.post(server.token_url, data={"grant_type": "refresh_token", "refresh_token": token}, auth=BASIC, timeout=5)
             token = r.json()["refresh_token"]
     assert server.connections == 1
 
@@ -565,9 +556,7 @@ def test_restart_after_stop_keeps_the_port_and_the_grants() -> None:
 
 def test_main_prints_urls_and_a_refresh_token_that_works() -> None:
     """`python -m freshtoken.devserver` prints its URLs and a seeded refresh token that refreshes."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "freshtoken.devserver", "--lifetime", "5"], stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-m", "freshtoken.devserver", "--lifetime", "5"], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         printed: dict[str, str] = {}

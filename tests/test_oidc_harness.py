@@ -158,9 +158,7 @@ def test_scopes_and_deny(op):
     redirect_uri = REDIRECT.format(port=40002)
     _, challenge = pkce_pair()
     for scope in ("", "playlist-read-private"):
-        location = approve_over_http(
-            op.authorization_url(client, redirect_uri, scope=scope, state="s", code_challenge=challenge)
-        )
+        location = approve_over_http(op.authorization_url(client, redirect_uri, scope=scope, state="s", code_challenge=challenge))
         assert callback_params(location)["error"] == "access_denied"
     denied = approve_over_http(op.authorization_url(client, redirect_uri, state="s3", code_challenge=challenge), deny=True)
     params = callback_params(denied)

@@ -27,7 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     import functools
 
     parser = argparse.ArgumentParser(prog="freshtoken", description="Keep OAuth 2.0 access tokens fresh in files.")
-    parser.add_argument("-c", "--config", metavar="CONFIG", help="config file (default: $FRESHTOKEN_CONFIG, ./freshtoken.yaml, ~/.config/freshtoken/config.yaml, /etc/freshtoken/config.yaml)")
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="CONFIG",
+        help="config file (default: $FRESHTOKEN_CONFIG, ./freshtoken.yaml, ~/.config/freshtoken/config.yaml, /etc/freshtoken/config.yaml)",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     parser.add_argument("--version", action="version", version=f"freshtoken {__version__}")
     # -c and -v also work after the command (`freshtoken status -c FILE`); SUPPRESS keeps
@@ -53,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     get = sub.add_parser("get", help="print the current token (reads only the token dir)")
     get.add_argument("account")
     get.add_argument("--format", choices=("raw", "json", "header", "env"), default="raw")
-    get.add_argument("--min-valid", type=_duration, default=0, metavar="DURATION", help="fail unless the token is valid for at least this long")
+    get.add_argument(
+        "--min-valid", type=_duration, default=0, metavar="DURATION", help="fail unless the token is valid for at least this long"
+    )
     get.add_argument("--token-dir", metavar="DIR")
 
     status = sub.add_parser("status", help="per account: state, expiry, last refresh, last error")
@@ -63,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the daemon against a built-in loopback authorization server")
     demo.add_argument("--duration", type=_duration, default=None, metavar="D", help="stop after this long (default: until Ctrl-C)")
-    demo.add_argument("--lifetime", type=_duration, default=20, metavar="D", help="access-token lifetime the demo server issues (default 20s)")
+    demo.add_argument(
+        "--lifetime", type=_duration, default=20, metavar="D", help="access-token lifetime the demo server issues (default 20s)"
+    )
     return parser
 
 
@@ -186,7 +195,14 @@ def cmd_get(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], 
     config_token_dir = None
     if args.config and not args.token_dir:
         config_token_dir = str(_load_config(args, environ, secrets=False).token_dir)
-    data = get(args.account, fmt=args.format, min_valid=args.min_valid, token_dir=args.token_dir, config_token_dir=config_token_dir, environ=environ)
+    data = get(
+        args.account,
+        fmt=args.format,
+        min_valid=args.min_valid,
+        token_dir=args.token_dir,
+        config_token_dir=config_token_dir,
+        environ=environ,
+    )
     out.write(data.decode())
     out.flush()
     return 0

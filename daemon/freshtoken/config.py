@@ -29,11 +29,37 @@ VARIABLE = re.compile(r"\$\{([^}]*)\}")
 _PARENT_KEY = re.compile(r"(\.[^.\[]*|\[\d+\])$")  # accounts.a.outputs[0] -> accounts.a.outputs -> accounts.a
 CLIENT_AUTHS = ("basic", "post", "none")
 GRANTS = ("refresh_token", "client_credentials")
-TOP_KEYS = ("state_dir", "token_dir", "refresh_margin", "metrics_listen", "workers", "backoff_max", "hook_timeout",
-            "connect_timeout", "read_timeout", "accounts")
-ACCOUNT_KEYS = ("provider", "token_url", "authorize_url", "grant", "client_auth", "client_id", "client_secret",
-                "client_secret_file", "refresh_token", "scopes", "redirect_uri", "pkce", "show_dialog", "refresh_margin",
-                "outputs", "on_refresh", "refresh_token_lifetime")
+TOP_KEYS = (
+    "state_dir",
+    "token_dir",
+    "refresh_margin",
+    "metrics_listen",
+    "workers",
+    "backoff_max",
+    "hook_timeout",
+    "connect_timeout",
+    "read_timeout",
+    "accounts",
+)
+ACCOUNT_KEYS = (
+    "provider",
+    "token_url",
+    "authorize_url",
+    "grant",
+    "client_auth",
+    "client_id",
+    "client_secret",
+    "client_secret_file",
+    "refresh_token",
+    "scopes",
+    "redirect_uri",
+    "pkce",
+    "show_dialog",
+    "refresh_margin",
+    "outputs",
+    "on_refresh",
+    "refresh_token_lifetime",
+)
 OUTPUT_KEYS = ("path", "format", "mode", "group", "name")
 
 
@@ -207,7 +233,10 @@ def resolve_secret_files(config: Config, environ: Mapping[str, str], *, defer_cr
     for name, account in config.accounts.items():
         value = account.client_secret_file
         if value and defer_credentials and "/" not in value and not environ.get("CREDENTIALS_DIRECTORY"):
-            warnings.append(f"accounts.{name}.client_secret_file: credential {value!r} is read when systemd starts the service (LoadCredential=); not checked here")
+            warnings.append(
+                f"accounts.{name}.client_secret_file: credential {value!r} is read when systemd starts the service"
+                " (LoadCredential=); not checked here"
+            )
         elif value:
             secret = _read_secret_file(config.file, f"accounts.{name}.client_secret_file", value, environ)
             account = replace(account, client_secret=Secret(secret))
@@ -223,7 +252,9 @@ def _read_secret_file(file: str, key: str, value: str, environ: Mapping[str, str
     elif environ.get("CREDENTIALS_DIRECTORY"):
         path = os.path.join(environ["CREDENTIALS_DIRECTORY"], value)
     else:
-        raise ConfigError(file, key, f"{value!r} is a credential name but $CREDENTIALS_DIRECTORY is not set (use an absolute path outside systemd)")
+        raise ConfigError(
+            file, key, f"{value!r} is a credential name but $CREDENTIALS_DIRECTORY is not set (use an absolute path outside systemd)"
+        )
     try:
         with open(path, encoding="utf-8") as handle:
             secret = handle.read().strip()
@@ -265,7 +296,6 @@ def line_of(lines: Mapping[str, int], key: str) -> int | None:
             break
         key = parent
     return None
-
 
 
 class _Reader:
@@ -473,7 +503,11 @@ def _parse_account(name: str, doc: Any, ctx: _Context) -> Account:
     if not client_id:
         raise ctx.error(r.key("client_id"), "missing: the client id of your registered app")
     if client_auth != "none" and not (secret_value or secret_file):
-        raise ctx.error(r.key("client_secret"), f"missing: client_auth {client_auth!r} needs client_secret or client_secret_file (or set client_auth: none for a public PKCE client)")
+        raise ctx.error(
+            r.key("client_secret"),
+            f"missing: client_auth {client_auth!r} needs client_secret or client_secret_file"
+            " (or set client_auth: none for a public PKCE client)",
+        )
     if grant == "client_credentials" and client_auth == "none":
         raise ctx.error(r.key("client_auth"), "client_credentials needs a client secret (basic or post)")
     refresh_token = r.string("refresh_token")
@@ -487,7 +521,9 @@ def _parse_account(name: str, doc: Any, ctx: _Context) -> Account:
     outputs = _parse_outputs(r, ctx)
     on_refresh = r.string_list("on_refresh")
     if on_refresh and not os.path.isabs(on_refresh[0]):
-        raise ctx.error(r.key("on_refresh"), f"{on_refresh[0]!r}: give the program as an absolute path (hooks run without a shell or PATH search)")
+        raise ctx.error(
+            r.key("on_refresh"), f"{on_refresh[0]!r}: give the program as an absolute path (hooks run without a shell or PATH search)"
+        )
     account = Account(
         name=name,
         provider=provider,
@@ -550,13 +586,13 @@ def _parse_mode(o: _Reader, ctx: _Context) -> int:
         return 0o640
     # YAML reads an unquoted 0640 as the integer 416 (octal); accept that too.
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ctx.error(o.key("mode"), f"expected an octal mode such as \"0640\", got {_type_name(value)}")
+        raise ctx.error(o.key("mode"), f'expected an octal mode such as "0640", got {_type_name(value)}')
     if isinstance(value, int):
         mode = value
     else:
         text = value.strip()
         if not re.fullmatch(r"0?o?[0-7]{3,4}", text):
-            raise ctx.error(o.key("mode"), f"{value!r} is not an octal mode such as \"0640\"")
+            raise ctx.error(o.key("mode"), f'{value!r} is not an octal mode such as "0640"')
         mode = int(text.replace("o", ""), 8)
     if not 0 <= mode <= 0o777:
         raise ctx.error(o.key("mode"), f"{value!r} is not a file mode between 0000 and 0777")
@@ -607,7 +643,15 @@ def _home_path(environ: Mapping[str, str], sub: str) -> str:
 
 
 def _type_name(value: Any) -> str:
-    names: dict[type, str] = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a number", type(None): "nothing"}
+    names: dict[type, str] = {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "nothing",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -616,4 +660,3 @@ def _did_you_mean(key: str, known: set[str]) -> str:
 
     close = difflib.get_close_matches(key, sorted(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
-

@@ -143,9 +143,7 @@ class _Code:
 class _OAuthError(Exception):
     """An RFC 6749 §5.2 error answer."""
 
-    def __init__(
-        self, error: str, description: str, status: int = 400, headers: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, error: str, description: str, status: int = 400, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(f"{error}: {description}")
         self.error = error
         self.description = description
@@ -269,9 +267,7 @@ class AuthServer:
         self.redirect_uris: list[str] | None = None if redirect_uris is None else list(redirect_uris)
         self.deny_authorization = deny_authorization
         self.spotify_quirks = spotify_quirks
-        self.invalid_client_status = (
-            invalid_client_status if invalid_client_status is not None else 400 if spotify_quirks else 401
-        )
+        self.invalid_client_status = invalid_client_status if invalid_client_status is not None else 400 if spotify_quirks else 401
         self.token_type = token_type
         self.expires_in_as_string = expires_in_as_string
         self.strict = strict
@@ -746,9 +742,7 @@ class AuthServer:
                     raise _OAuthError("invalid_grant", "code_verifier missing or malformed (RFC 7636 §4.1)")
                 computed = _s256(verifier) if record.code_challenge_method == "S256" else verifier
                 if not hmac.compare_digest(computed, record.code_challenge):
-                    raise _OAuthError(
-                        "invalid_grant", self._say("code_verifier does not match", "code_verifier was incorrect")
-                    )
+                    raise _OAuthError("invalid_grant", self._say("code_verifier does not match", "code_verifier was incorrect"))
             grant = self._new_grant(client_id, record.scope, "demo-user", now)
             record.grant = grant
             answer = self._token_answer(client_id, record.scope, grant, now)
@@ -793,9 +787,7 @@ class AuthServer:
             now = self.clock()
             # Drop stale codes here so a long run of logins stays bounded.
             self._codes = {k: v for k, v in self._codes.items() if v.expires_at > now}
-            self._codes[code] = _Code(
-                client_id, redirect_uri, query.get("scope", ""), challenge, method, now + CODE_LIFETIME
-            )
+            self._codes[code] = _Code(client_id, redirect_uri, query.get("scope", ""), challenge, method, now + CODE_LIFETIME)
         return bounce(code=code)
 
     def _redirect_allowed(self, uri: str) -> bool:

@@ -220,4 +220,3 @@ def lifetime(state: AccountState) -> float:
 
 def _lifetime_end(account: Account, now: float) -> float | None:
     return now + account.refresh_token_lifetime if account.refresh_token_lifetime else None
-

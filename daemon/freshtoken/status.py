@@ -107,7 +107,10 @@ def check_config(config: Config) -> str:
         lines.append("")
         lines.append(f"account {account.name}")
         lines.append(f"  {account.grant} grant at {account.token_url} (client {account.client_id}, auth {account.client_auth})")
-        lines.append(f"  refresh {format_duration(margin) + ' before expiry' if margin is not None else '10 % of the lifetime (30s to half) before expiry'}")
+        lines.append(
+            "  refresh "
+            + (f"{format_duration(margin)} before expiry" if margin is not None else "10 % of the lifetime (30s to half) before expiry")
+        )
         if account.refresh_token_lifetime:
             lines.append(f"  refresh token lives {format_duration(account.refresh_token_lifetime)}; warns 14d before")
         for output in all_outputs(config.token_dir, account):

@@ -30,14 +30,10 @@ def _payload(message: str | Mapping[str, object]) -> bytes:
     if isinstance(message, str):
         return message.encode()
     # One field per line: a newline inside a value would forge another field.
-    return "\n".join(
-        f"{key}={' '.join(str(value).splitlines())}" for key, value in message.items()
-    ).encode()
+    return "\n".join(f"{key}={' '.join(str(value).splitlines())}" for key, value in message.items()).encode()
 
 
-def notify(
-    message: str | Mapping[str, object], *, environ: Mapping[str, str] = os.environ
-) -> bool:
+def notify(message: str | Mapping[str, object], *, environ: Mapping[str, str] = os.environ) -> bool:
     """Send one sd_notify datagram: ``"READY=1"`` or ``{"READY": 1, "STATUS": "ok"}``.
 
     ``$NOTIFY_SOCKET`` is a path or, with a leading ``@``, a Linux abstract socket.
@@ -50,18 +46,14 @@ def notify(
     elif not address.startswith("/"):
         return False
     try:
-        with socket.socket(
-            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
-        ) as sock:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.sendto(_payload(message), address)
     except OSError:
         return False
     return True
 
 
-def reloading(
-    environ: Mapping[str, str] = os.environ, *, status: str | None = None
-) -> bool:
+def reloading(environ: Mapping[str, str] = os.environ, *, status: str | None = None) -> bool:
     """Say a reload began (RELOADING=1 with MONOTONIC_USEC); send READY=1 when done."""
     fields: dict[str, object] = {
         "RELOADING": 1,
@@ -122,9 +114,7 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in lines)
 
 
-def make_log_handler(
-    environ: Mapping[str, str] = os.environ, stream: TextIO | None = None
-) -> logging.Handler:
+def make_log_handler(environ: Mapping[str, str] = os.environ, stream: TextIO | None = None) -> logging.Handler:
     """A log handler on ``stream`` (default: the current ``sys.stderr``).
 
     Journal style (priority prefix, no timestamp) when the stream is the journal;
@@ -136,7 +126,5 @@ def make_log_handler(
     except (OSError, ValueError):  # io.UnsupportedOperation: no fd behind the stream
         journal = False
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(
-        JournalFormatter() if journal else logging.Formatter(HUMAN_FORMAT)
-    )
+    handler.setFormatter(JournalFormatter() if journal else logging.Formatter(HUMAN_FORMAT))
     return handler
