@@ -1,0 +1,149 @@
+"""Pacing token requests per provider: a shared token bucket and a shared Retry-After pause.
+
+`workers` bounds how many refreshes run at once; this bounds how fast they
+start, and makes one account's 429 hold back every account of that token
+endpoint, so thousands of refreshes never pile onto a provider that has just
+asked for a break. The limiter does no I/O: its clock and sleep are injected.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from freshtoken.config import Account
+from freshtoken.errors import TemporaryError
+from freshtoken.model import Secret, TokenResponse
+from freshtoken.oauth import Timeouts, TokenClient
+
+if TYPE_CHECKING:
+    import requests
+
+DEFAULT_TIMEOUTS = Timeouts()
+MAX_SHARED_PAUSE = 60.0  # a Retry-After longer than this still delays its own account, but not all of them
+
+
+class RateLimiter:
+    """At most `rate` acquisitions a second after an initial `burst`, shared by threads; plus `pause()`.
+
+    A generic cell rate algorithm: every acquisition reserves its own slot
+    under the lock, so concurrent callers never share one, and sleeps outside
+    the lock. `rate=None` paces nothing but still honours pauses.
+    """
+
+    def __init__(
+        self,
+        rate: float | None = None,
+        burst: int = 1,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate is not None and rate <= 0:
+            raise ValueError("rate must be positive (or None for no limit)")
+        if burst < 1:
+            raise ValueError("burst must be at least 1")
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self.sleep = sleep
+        self._lock = threading.Lock()
+        self._tat = float("-inf")  # theoretical arrival time of the next request
+        self._paused_until = float("-inf")
+
+    def reserve(self) -> float:
+        """Book the next slot and return the clock time at which its holder may go (now, or later)."""
+        with self._lock:
+            now = self.clock()
+            start = max(now, self._paused_until)
+            if self.rate is None:
+                return start
+            interval = 1.0 / self.rate
+            tat = max(self._tat, start)
+            go = max(start, tat - (self.burst - 1) * interval)
+            self._tat = tat + interval
+            return go
+
+    def acquire(self) -> float:
+        """Block until this caller may send; returns the seconds waited."""
+        started = self.clock()
+        go = self.reserve()
+        while True:
+            now = self.clock()
+            with self._lock:
+                # A pause that began while we waited holds us too.
+                go = max(go, self._paused_until)
+            if go <= now:
+                return now - started
+            self.sleep(go - now)
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller for `seconds` from now (a pause only ever grows)."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, self.clock() + seconds)
+
+    @property
+    def paused_until(self) -> float:
+        with self._lock:
+            return self._paused_until
+
+
+class PacedTokenClient(TokenClient):
+    """A TokenClient whose grants wait their turn at their token endpoint's limiter.
+
+    A TemporaryError carrying Retry-After pauses that endpoint for every
+    account (capped at `max_pause`); the account that got it still backs off
+    the full time through the daemon's own policy. Code exchanges (a user is
+    waiting at the browser) are not paced. `rate=None` paces nothing but the
+    pauses.
+    """
+
+    def __init__(
+        self,
+        session: requests.Session | None = None,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        clock: Callable[[], float] = time.time,
+        *,
+        rate: float | None = None,
+        burst: int = 1,
+        max_pause: float = MAX_SHARED_PAUSE,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(session, timeouts, clock)
+        self.rate = rate
+        self.burst = burst
+        self.max_pause = max_pause
+        self.monotonic = monotonic
+        self.sleep = sleep
+        self._limiters: dict[str, RateLimiter] = {}
+        self._limiters_lock = threading.Lock()
+
+    def limiter(self, token_url: str | None) -> RateLimiter:
+        """The limiter shared by every account of this token endpoint (scheme, host and port)."""
+        parts = urlsplit(token_url or "")
+        key = f"{parts.scheme}://{parts.netloc}".lower()
+        with self._limiters_lock:
+            limiter = self._limiters.get(key)
+            if limiter is None:
+                limiter = self._limiters[key] = RateLimiter(self.rate, self.burst, clock=self.monotonic, sleep=self.sleep)
+            return limiter
+
+    def refresh(self, account: Account, refresh_token: Secret) -> TokenResponse:
+        return self._paced(account, lambda: super(PacedTokenClient, self).refresh(account, refresh_token))
+
+    def client_credentials(self, account: Account) -> TokenResponse:
+        return self._paced(account, lambda: super(PacedTokenClient, self).client_credentials(account))
+
+    def _paced(self, account: Account, grant: Callable[[], TokenResponse]) -> TokenResponse:
+        limiter = self.limiter(account.token_url)
+        limiter.acquire()
+        try:
+            return grant()
+        except TemporaryError as exc:
+            if exc.retry_after:
+                limiter.pause(min(exc.retry_after, self.max_pause))
+            raise
