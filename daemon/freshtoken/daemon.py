@@ -30,10 +30,12 @@ from freshtoken import systemd
 from freshtoken.config import Account, Config
 from freshtoken.durations import humanize
 from freshtoken.errors import ConfigError, FreshtokenError, InvalidGrant, RefreshFailed, TemporaryError
+from freshtoken.fsutil import clean_stale_temps
 from freshtoken.hooks import run_hook
 from freshtoken.model import AccountState
 from freshtoken.oauth import Timeouts, TokenClient, make_session
 from freshtoken.outputs import OutputError
+from freshtoken.pacing import PacedTokenClient
 from freshtoken.refresh import Refresher, lifetime
 from freshtoken.store import Store
 from freshtoken.timing import backoff, effective_margin, refresh_at
@@ -131,7 +133,7 @@ class Daemon:
         self.environ = environ
         self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.store = Store(config.state_dir)
-        self.client = client or TokenClient(
+        self.client = client or PacedTokenClient(
             make_session(pool_size=config.workers), Timeouts(config.connect_timeout, config.read_timeout), clock
         )
         self.refresher = Refresher(config, self.store, self.client, clock=clock, hook_runner=self._run_hook_detached)
@@ -306,6 +308,9 @@ class Daemon:
 
     def run(self) -> int:
         with self.store.daemon_lock():
+            # A kill mid-write leaves temp files beside the outputs too (the store sweeps the state dir).
+            for directory in {self.config.token_dir, *(o.path.parent for a in self.config.accounts.values() for o in a.outputs)}:
+                clean_stale_temps(directory)
             self._install_signals()
             self.scheduler.start()
             try:
