@@ -664,3 +664,35 @@ def test_a_slow_hook_never_delays_the_run_or_other_accounts(server, clock, dirs,
     assert "a\n" == (tmp_path / "hook.out").read_text()
     assert 2 == server.refreshes_ok
     assert os.path.exists(dirs["tokens"] / "b.token")
+
+
+@pytest.mark.parametrize("left", [4.0, 20.0, 120.0])
+def test_retry_never_waits_past_half_of_what_the_current_token_has_left(left: float) -> None:
+    """After a temporary failure the next try comes within half the current token's remaining life, so more tries fit."""
+    now = 1_000.0
+    for attempts in range(8):
+        plan = plan_next(
+            TemporaryError("HTTP 503"),
+            attempts=attempts,
+            margin_config=None,
+            now=now,
+            rng=seeded(attempts),
+            backoff_cap=300,
+            token_expires_at=now + left,
+        )
+        assert plan.at is not None
+        assert plan.at - now <= max(1.0, left / 2)
+
+
+def test_retry_after_still_wins_over_the_token_based_cap() -> None:
+    """A server's Retry-After is a floor even when the current token is about to expire."""
+    plan = plan_next(
+        TemporaryError("HTTP 429", retry_after=7),
+        attempts=3,
+        margin_config=None,
+        now=0.0,
+        rng=seeded(0),
+        backoff_cap=300,
+        token_expires_at=4.0,
+    )
+    assert plan.at == 7.0

@@ -47,6 +47,7 @@ CLOCK_JUMP = 10.0  # wall clock moved this much more (or less) than the monotoni
 WARN_RT_BEFORE = 14 * 86400
 STOP_GRACE = 2.0  # seconds an in-flight refresh may take to finish after SIGTERM (a stop must not wait out a read timeout)
 PERMANENT_BASE = 30.0  # first retry after a permanent refusal: a user has to fix something; do not hammer the provider
+MIN_RETRY = 1.0  # the shortest cap on a retry while the current token still lives
 
 
 # ---------------------------------------------------------------- pure policy
@@ -69,8 +70,14 @@ def plan_next(
     now: float,
     rng: random.Random,
     backoff_cap: float,
+    token_expires_at: float | None = None,
 ) -> Plan:
-    """The next step for an account after a run that ended in `outcome` (a state, or the error)."""
+    """The next step for an account after a run that ended in `outcome` (a state, or the error).
+
+    `token_expires_at` is when the token the readers have now dies: a retry after a
+    temporary failure never waits past half of what it has left, so that two or
+    three tries still fit before it expires (a server's Retry-After stays a floor).
+    """
     if isinstance(outcome, AccountState):
         access = outcome.access
         if access is None:  # cannot happen after a success; be safe and retry
@@ -81,7 +88,10 @@ def plan_next(
         return Plan(None, attempts, "needs login")
     if isinstance(outcome, TemporaryError):
         n = attempts + 1
-        return Plan(now + backoff(n, rng=rng, cap=backoff_cap, retry_after=outcome.retry_after), n, "retry")
+        cap = backoff_cap
+        if token_expires_at is not None and token_expires_at > now:
+            cap = min(cap, max(MIN_RETRY, (token_expires_at - now) / 2))
+        return Plan(now + backoff(n, rng=rng, cap=cap, retry_after=outcome.retry_after), n, "retry")
     # Permanent refusals (invalid_client, a broken output) may be fixed by the user at any
     # moment: keep trying, but slowly.
     n = attempts + 1
@@ -239,6 +249,7 @@ class Daemon:
             now=now,
             rng=self.rng,
             backoff_cap=self.config.backoff_max,
+            token_expires_at=slot.expires_at,
         )
         slot.attempts = plan.attempts
         slot.state_mtime = self.store.mtime(name)
