@@ -169,7 +169,7 @@ def main() -> int:
             where = f"in place: {python} and {script}"
         else:
             python, script = make_venv(tmp / "venv", args.package)
-            where = f"a fresh venv holding only freshtoken (copied from {args.package}, byte-compiled, pip's console script)"
+            where = f"a fresh venv holding only freshtoken (copied from the repository's daemon/freshtoken, byte-compiled, pip's console script)"
         token_file = write_token(tmp / "tokens")
         env = dict(os.environ, FRESHTOKEN_TOKEN_DIR=str(tmp / "tokens"))
         commands = {
