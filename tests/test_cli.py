@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -49,19 +48,6 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run(code={self.code}, out={self.out!r}, err={self.err!r})"
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """cli.main sets up the root logger for its stream; put pytest's handlers back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    quieted = {name: logging.getLogger(name).level for name in ("urllib3", "apscheduler")}
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, old in quieted.items():
-        logging.getLogger(name).setLevel(old)
 
 
 @pytest.fixture

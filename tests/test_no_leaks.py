@@ -53,18 +53,6 @@ def server() -> Iterator[AuthServer]:
         yield s
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    quieted = {name: logging.getLogger(name).level for name in ("urllib3", "apscheduler")}
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, old in quieted.items():
-        logging.getLogger(name).setLevel(old)
-
-
 class Secrets:
     """Every secret a test has seen: the client secret, the seed, and whatever the state has held since."""
 
