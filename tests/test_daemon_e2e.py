@@ -233,15 +233,16 @@ LOGGED = {
 # What the server recorded for the faulty request: None is a connection closed without an answer
 # (a hang's 504 goes out 3 s late, after the client has given up, and may be recorded or not yet).
 FAULTY_STATUS = {"reset": (None,), "e500": (500,), "e429": (429,), "hang": (None, 504), "html": (200,), "truncated": (200,)}
-# Seconds from the faulty request to the next one: the first backoff is 1-2 s, Retry-After 2 s is a floor,
-# a hang first costs the 1 s read timeout. The upper bounds add 0.6 s for scheduling on a busy CI machine.
+# Seconds from the faulty request to the next one: the first backoff is 1-2 s, but never more than half
+# of what the current token has left (about 2 s here, so 0.5-1 s); Retry-After 2 s is a floor; a hang
+# first costs the 1 s read timeout. The upper bounds add 0.6 s for scheduling on a busy CI machine.
 RETRY_AFTER = {
-    "reset": (1.0, 2.6),
-    "e500": (1.0, 2.6),
+    "reset": (0.5, 2.6),
+    "e500": (0.5, 2.6),
     "e429": (2.0, 2.6),
-    "hang": (2.0, 3.6),
-    "html": (1.0, 2.6),
-    "truncated": (1.0, 2.6),
+    "hang": (1.5, 3.6),
+    "html": (0.5, 2.6),
+    "truncated": (0.5, 2.6),
 }
 
 

@@ -368,8 +368,12 @@ class Daemon:
 
     def beat(self) -> None:
         """The heartbeat: wake the scheduler, ping the watchdog, pick up new logins, warn of dying refresh tokens."""
-        self.scheduler.wakeup()  # re-reads the wall clock: a refresh due during suspend runs now
         now = self.clock()
+        # APScheduler sleeps on the monotonic clock, so after a suspend it oversleeps a job
+        # whose wall-clock time has passed: wake it then. Only then: every wake-up of an idle
+        # thread costs milliseconds of CPU on a VM, and the daemon should cost nothing idle.
+        if any(slot.planned_at is not None and slot.planned_at <= now for slot in self.slots.values()):
+            self.scheduler.wakeup()
         for name, slot in self.slots.items():
             if slot.needs_login:
                 mtime = self.store.mtime(name)
