@@ -217,9 +217,7 @@ def cmd_refresh(args: argparse.Namespace, environ: Mapping[str, str], out: IO[st
     worst = 0
     for account in _select_accounts(config, args.accounts):
         try:
-            state = refresher.load(account)
-            threshold = refresher.margin(account, state) if args.if_needed else None
-            result = refresher.refresh(account, skip_if_valid_for=threshold)
+            result = refresher.refresh(account, skip_if_valid_for=refresher.margin if args.if_needed else None)
         except FreshtokenError as exc:
             print(f"{account.name}: failed: {exc}", file=err)
             worst = _worse(worst, exc.exit_code)

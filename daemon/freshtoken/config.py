@@ -329,7 +329,6 @@ class _Reader:
             if not isinstance(key, str):
                 raise ctx.error(path, f"keys must be strings, got {_type_name(key)} {key!r}")
         self.doc: dict[str, Any] = doc
-        self.used: set[str] = set()
         # Unknown keys first: a typo (tokn_url) explains a "missing token_url" better than the missing key does.
         if known is not None:
             for key in doc:
@@ -340,7 +339,6 @@ class _Reader:
         return f"{self.path}.{name}" if self.path else name
 
     def raw(self, name: str) -> Any:
-        self.used.add(name)
         return self.doc.get(name)
 
     def string(self, name: str, default: str | None = None) -> str | None:
@@ -409,11 +407,6 @@ class _Reader:
             items.append(self.ctx.expand(key, str(item)))
         return tuple(items)
 
-    def finish(self) -> None:
-        unknown = sorted(set(self.doc) - self.used)
-        if unknown:
-            raise self.ctx.error(self.key(unknown[0]), "unknown key" + _did_you_mean(unknown[0], self.used))
-
 
 @dataclass
 class _Context:
@@ -470,11 +463,9 @@ def parse(doc: Any, file: str, environ: Mapping[str, str], *, lines: Mapping[str
         raise ctx.error("accounts", "no accounts defined")
     accounts = {}
     for name in accounts_reader.doc:
-        accounts_reader.used.add(name)
         if not ACCOUNT_NAME.fullmatch(name) or name in (".", ".."):
             raise ctx.error(f"accounts.{name}", "account names may use only letters, digits, '_', '.' and '-'")
         accounts[name] = _parse_account(name, accounts_reader.doc[name], ctx)
-    top.finish()
     warnings = tuple(
         f"{file}: accounts.{name}.redirect_uri: Spotify refuses localhost; register and use http://127.0.0.1:PORT/... instead"
         for name, account in accounts.items()
@@ -563,7 +554,6 @@ def _parse_account(name: str, doc: Any, ctx: _Context) -> Account:
         on_refresh=on_refresh,
         refresh_token_lifetime=lifetime,
     )
-    r.finish()
     return account
 
 
@@ -594,7 +584,6 @@ def _parse_outputs(r: _Reader, ctx: _Context) -> tuple[Output, ...]:
         var = o.string("name", "ACCESS_TOKEN") or "ACCESS_TOKEN"
         if not ENV_NAME.fullmatch(var):
             raise ctx.error(o.key("name"), f"{var!r} is not a valid variable name")
-        o.finish()
         outputs.append(Output(path=Path(path), format=fmt, mode=mode, group=group, name=var))
     return tuple(outputs)
 

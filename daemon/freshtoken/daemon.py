@@ -214,10 +214,7 @@ class Daemon:
             account = slot.account
             outcome: BaseException | AccountState
             try:
-                if force:
-                    threshold = None
-                else:
-                    threshold = self.refresher.scheduled_threshold(account, self.refresher.load(account))
+                threshold = None if force else self.refresher.scheduled_threshold
                 result = self.refresher.refresh(account, skip_if_valid_for=threshold)
                 outcome = result.state
                 self._count(slot, "success" if result.refreshed else "current")

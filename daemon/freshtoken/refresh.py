@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LIFETIME = 3600.0
 HookRunner = Callable[[Account, Path, float], None]
+Threshold = Callable[[Account, AccountState], float]
 
 
 def login_hint(account: str) -> str:
@@ -67,8 +68,12 @@ class Refresher:
 
     # ------------------------------------------------------------ the transaction
 
-    def refresh(self, account: Account, *, skip_if_valid_for: float | None = None) -> Result:
+    def refresh(self, account: Account, *, skip_if_valid_for: float | Threshold | None = None) -> Result:
         """Refresh `account` now, unless its token (re-read under the lock) is valid for longer than given.
+
+        `skip_if_valid_for` may be a function of the account and that re-read state
+        (such as `margin` or `scheduled_threshold`), so that callers never read the
+        state a second time, outside the lock, only to work out the threshold.
 
         Raises TemporaryError, InvalidGrant, RefreshFailed or OutputError; the
         state records the error, and the last good token stays in the files.
@@ -80,7 +85,8 @@ class Refresher:
             # servers that follow RFC 9700, get the whole grant revoked.
             state = self._load_locked(account)
             now = self.clock()
-            if skip_if_valid_for is not None and state.access and state.access.expires_at - now > skip_if_valid_for:
+            threshold = skip_if_valid_for(account, state) if callable(skip_if_valid_for) else skip_if_valid_for
+            if threshold is not None and state.access and state.access.expires_at - now > threshold:
                 outputs.write_all(self.config.token_dir, account, state.access)
                 return Result(account.name, state, refreshed=False)
             response = self._grant(account, state, now)
