@@ -39,6 +39,7 @@ TOP_KEYS = (
     "hook_timeout",
     "connect_timeout",
     "read_timeout",
+    "min_refresh_interval",
     "accounts",
 )
 ACCOUNT_KEYS = (
@@ -111,6 +112,9 @@ class Config:
     hook_timeout: int = 30
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
+    # The shortest time between two refreshes of one account, whatever expires_in the server sends:
+    # a server answering expires_in 1 (or 0.01) must not turn freshtoken into a load generator.
+    min_refresh_interval: float = 10.0
     warnings: tuple[str, ...] = field(default=(), compare=False)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -454,6 +458,7 @@ def parse(doc: Any, file: str, environ: Mapping[str, str], *, lines: Mapping[str
     hook_timeout = top.duration("hook_timeout")
     connect_timeout = top.number("connect_timeout", 10.0, minimum=0.1, duration=True)
     read_timeout = top.number("read_timeout", 30.0, minimum=0.1, duration=True)
+    min_refresh_interval = top.number("min_refresh_interval", 10.0, minimum=1.0, duration=True)
 
     raw_accounts = top.raw("accounts")
     if raw_accounts is None:
@@ -483,6 +488,7 @@ def parse(doc: Any, file: str, environ: Mapping[str, str], *, lines: Mapping[str
         hook_timeout=hook_timeout if hook_timeout is not None else 30,
         connect_timeout=float(connect_timeout),
         read_timeout=float(read_timeout),
+        min_refresh_interval=float(min_refresh_interval),
         warnings=warnings,
         lines=dict(ctx.lines),
     )

@@ -43,12 +43,39 @@ class TemporaryError(FreshtokenError):
         self.retry_after = retry_after
 
 
+class StateWriteError(TemporaryError):
+    """The state dir cannot be written (full disk, permissions, I/O). The message names the path.
+
+    Raised before any refresh token is spent whenever possible, so a retry later is safe.
+    """
+
+
+class MalformedAnswer(TemporaryError):
+    """A 2xx answer freshtoken refuses to use as it is (too big, not JSON, absurd numbers).
+
+    `refresh_token` carries a rotated refresh token the answer held, so that the
+    caller can keep it even though the rest is refused (the old one is spent).
+    """
+
+    def __init__(self, message: str, refresh_token: object = None) -> None:
+        super().__init__(message)
+        self.refresh_token = refresh_token
+
+
 class RefreshFailed(FreshtokenError):
     """The server refused the request for a reason retrying will not fix."""
 
 
 class InvalidGrant(RefreshFailed):
     """The refresh token is revoked or expired: only a new login helps."""
+
+
+class RotatedTokenNotSaved(RefreshFailed):
+    """The server rotated the refresh token but the new one could not be saved: loud, exit 1.
+
+    The daemon keeps the new state in memory and retries the save; a one-shot
+    command can only say so (the old refresh token is spent).
+    """
 
 
 class TokenUnavailable(FreshtokenError):

@@ -8,6 +8,7 @@ import fcntl
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 STATE_DIR_MODE = 0o700
 STATE_FILE_MODE = 0o600
 LOCK_TIMEOUT = 120.0  # longer than any one refresh can take (connect + read timeouts, a hook)
+WAKE_SOCKET = "daemon.sock"  # a running daemon listens here for "rescan" (a login or logout just changed the state)
 
 
 class Store:
@@ -88,6 +90,38 @@ class Store:
             return self.path(account).stat().st_mtime
         except OSError:
             return None
+
+    def wake_daemon(self, word: str = "rescan") -> bool:
+        """Tell a daemon running on this state dir to re-read it now; False if none listens.
+
+        A datagram to a socket in the (private) state dir, not a signal to the pid in
+        daemon.pid: that pid may be stale and belong to another process by now.
+        """
+        path = self.dir / WAKE_SOCKET
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(word.encode(), str(path))
+            return True
+        except OSError:  # no daemon (ECONNREFUSED, ENOENT), or a path too long for AF_UNIX
+            return False
+
+    def open_wake_socket(self) -> socket.socket | None:
+        """The daemon's end of wake_daemon(); call it only while holding the daemon lock."""
+        path = self.dir / WAKE_SOCKET
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # left by a daemon that was killed; we hold the daemon lock now
+            old_umask = os.umask(0o177)  # the socket file is created 0600 like the rest of the state dir
+            try:
+                sock.bind(str(path))
+            finally:
+                os.umask(old_umask)
+        except OSError as exc:
+            sock.close()
+            log.warning("cannot listen on %s (%s); a new login is picked up at the next heartbeat", path, exc.strerror or exc)
+            return None
+        return sock
 
     def daemon_lock(self) -> DaemonLock:
         self.prepare()
