@@ -6,6 +6,7 @@ import http.server
 import io
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -262,3 +263,49 @@ def test_readme_first_commands_name_things_that_exist() -> None:
     assert "'.[test]'" in first[1] and "test = [" in (ROOT / "pyproject.toml").read_text()
     parser = cli.build_parser()
     assert parser.parse_args(["demo", "--duration", "60"]).duration == 60
+
+
+# ------------------------------------------------------------------ item 8: the secret file is never readable by others
+
+
+def systemd_readme_lines(word: str) -> list[str]:
+    """The lines of systemd/README.md's sh blocks that mention `word`."""
+    return [line for block in code_blocks(SYSTEMD_README.read_text(), "sh") for line in block if word in line]
+
+
+def test_systemd_readme_creates_the_secret_file_0600_before_writing_it(tmp_path: Path) -> None:
+    """The README's secret lines, run by bash under a 022 umask, leave a 0600 file holding exactly the typed secret."""
+    lines = [
+        line
+        for line in systemd_readme_lines("/etc/freshtoken/spotify-client-secret")
+        if line.startswith(("install ", "read ", "printf ", "chmod ", "echo ")) and "systemd-creds" not in line
+    ]
+    assert lines[0] == "install -m 0600 /dev/null /etc/freshtoken/spotify-client-secret"
+    assert not any(line.startswith("chmod") for line in lines)
+    script = "umask 022\n" + "\n".join(lines).replace("/etc/freshtoken", str(tmp_path))
+    subprocess.run(["/bin/bash", "-c", script], input=b"s3cret value\n", check=True, timeout=60)
+    secret = tmp_path / "spotify-client-secret"
+    assert (secret.stat().st_mode & 0o777, secret.read_text()) == (0o600, "s3cret value")
+
+
+ANALYZE = shutil.which("systemd-analyze")
+
+
+@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed")
+def test_systemd_readme_switches_the_unit_to_the_encrypted_credential(tmp_path: Path) -> None:
+    """The README's sed line turns the shipped unit's LoadCredential= into LoadCredentialEncrypted=, and the unit still verifies."""
+    (sed,) = [line for line in systemd_readme_lines("LoadCredentialEncrypted=") if line.startswith("sed ")]
+    command = tmp_path / "freshtoken"
+    command.write_text("#!/bin/sh\n")
+    command.chmod(0o755)
+    unit = tmp_path / "freshtoken.service"
+    unit.write_text(
+        (ROOT / "systemd" / "freshtoken.service").read_text().replace("ExecStart=/usr/local/bin/freshtoken ", f"ExecStart={command} ")
+    )
+    subprocess.run(["/bin/sh", "-c", sed.replace("/etc/systemd/system/freshtoken.service", str(unit))], check=True, timeout=60)
+    text = unit.read_text()
+    assert "\nLoadCredentialEncrypted=spotify-client-secret:/etc/freshtoken/spotify-client-secret.cred\n" in text
+    assert "\nLoadCredential=" not in text
+    assert ANALYZE is not None
+    result = subprocess.run([ANALYZE, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60, check=False)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
