@@ -17,7 +17,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from freshtoken import config
+from freshtoken import config, units
 from freshtoken.config import ACCOUNT_KEYS, OUTPUT_KEYS, TOP_KEYS, Config
 from freshtoken.errors import ConfigError
 from freshtoken.model import Secret
@@ -672,23 +672,26 @@ def test_client_secret_file_absolute_and_credential_name(write: Callable[..., Pa
 
 
 def test_shipped_example_config_is_valid(env: dict[str, str], tmp_path: Path) -> None:
-    """config.example.yaml loads as systemd would run it: its secret from the credentials directory."""
+    """config.example.yaml's systemd variant (what install_units writes) loads with its secret from the credentials directory."""
     (tmp_path / "credentials").mkdir()
     (tmp_path / "credentials" / "spotify-client-secret").write_text("s3cret\n")
-    cfg = config.load(REPO / "config.example.yaml", {**env, "CREDENTIALS_DIRECTORY": str(tmp_path / "credentials")})
+    (tmp_path / "c.yaml").write_text(units.example_config("spotify-client-secret"))
+    cfg = config.load(tmp_path / "c.yaml", {**env, "CREDENTIALS_DIRECTORY": str(tmp_path / "credentials")})
     assert list(cfg.accounts) == ["spotify"]
     assert cfg.accounts["spotify"].client_secret is not None
     assert "s3cret" == cfg.accounts["spotify"].client_secret.reveal()
     assert 180 * 86400 == cfg.accounts["spotify"].refresh_token_lifetime
 
 
-def test_check_config_defers_a_credential_name_outside_systemd(env: dict[str, str]) -> None:
+def test_check_config_defers_a_credential_name_outside_systemd(env: dict[str, str], tmp_path: Path) -> None:
     """Outside systemd, check-config accepts a bare credential name with a warning instead of failing."""
-    cfg = config.load(REPO / "config.example.yaml", env, defer_credentials=True)
+    example = tmp_path / "c.yaml"
+    example.write_text(units.example_config("spotify-client-secret"))
+    cfg = config.load(example, env, defer_credentials=True)
     assert cfg.accounts["spotify"].client_secret is None
     assert any("read when systemd starts the service" in w for w in cfg.warnings)
     with pytest.raises(ConfigError) as info:
-        config.load(REPO / "config.example.yaml", env)
+        config.load(example, env)
     assert "$CREDENTIALS_DIRECTORY is not set" in str(info.value)
 
 

@@ -1,6 +1,6 @@
 """`freshtoken demo`: the real daemon against the built-in loopback authorization server.
 
-Everything lives in a temporary directory that is removed afterwards; no account anywhere is needed.
+Everything lives in a temporary directory that is removed at exit (the output says so); no account anywhere is needed.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ CONFIG = """\
 state_dir: {root}/state
 token_dir: {root}/tokens
 backoff_max: 10s
+min_refresh_interval: {floor}s    # the 10s default floor would hold back the demo's short tokens
 accounts:
   demo:                     # refresh-token grant; the server rotates the refresh token every time
     token_url: {token_url}
@@ -40,11 +41,24 @@ accounts:
 """
 
 
+def render_config(root: Path, token_url: str, lifetime: float) -> str:
+    """The demo's config for a server at `token_url` that issues tokens living `lifetime` seconds."""
+    # Short tokens are refreshed every half-life or so: keep the floor between two refreshes well below that.
+    floor = max(1, min(5, int(lifetime // 4)))
+    return CONFIG.format(root=root, token_url=token_url, client_id=DEMO_CLIENT_ID, floor=floor)
+
+
 def demo(*, duration: float | None, lifetime: float, out: IO[str]) -> int:
-    with tempfile.TemporaryDirectory(prefix="freshtoken-demo-") as tmp, AuthServer(token_lifetime=lifetime) as server:
-        root = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="freshtoken-demo-") as tmp:
+        code = _run(Path(tmp), duration=duration, lifetime=lifetime, out=out)
+    print(f"freshtoken demo: removed {tmp}", file=out, flush=True)
+    return code
+
+
+def _run(root: Path, *, duration: float | None, lifetime: float, out: IO[str]) -> int:
+    with AuthServer(token_lifetime=lifetime) as server:
         path = root / "freshtoken.yaml"
-        path.write_text(CONFIG.format(root=root, token_url=server.token_url, client_id=DEMO_CLIENT_ID))
+        path.write_text(render_config(root, server.token_url, lifetime))
         os.chmod(path, 0o600)
         environ = {
             **os.environ,
@@ -56,6 +70,7 @@ def demo(*, duration: float | None, lifetime: float, out: IO[str]) -> int:
         daemon = Daemon(config, config_loader=lambda: config_module.load(path, environ), environ=environ)
         print(
             f"freshtoken demo: a loopback authorization server at {server.url} issues {lifetime:g}s tokens\n"
+            f"  dir:     {root} (temporary: removed, tokens and all, when the demo exits)\n"
             f"  config:  {path}\n"
             f"  tokens:  {config.token_dir}/demo.token, demo.json, demo.header, demo-app.token, demo-app.json\n"
             f"  try:     freshtoken get demo --token-dir {config.token_dir}\n"
