@@ -88,7 +88,8 @@ def flaky_run(
     """Run the daemon for `duration` seconds after every account has its first token; return the figures."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    settings = {"read_timeout": 1, "connect_timeout": 1, "backoff_max": 3, **(settings or {})}
+    # min_refresh_interval 1 s: the default 10 s floor would hold 3-4 s tokens expired most of the time.
+    settings = {"read_timeout": 1, "connect_timeout": 1, "backoff_max": 3, "min_refresh_interval": 1, **(settings or {})}
     report = FlakyReport(accounts=accounts, token_lifetime=token_lifetime, fault_rate=fault_rate)
     rng = random.Random(seed)  # noqa: S311 - seeded simulation, not secrets
     server = AuthServer(

@@ -135,7 +135,7 @@ def run(duration: float, lifetime: float, interval: float) -> dict[str, object]:
         root = Path(tmp)
         config = root / "freshtoken.yaml"
         config.write_text(
-            f"state_dir: {root}/state\ntoken_dir: {root}/tokens\naccounts:\n  bench:\n"
+            f"state_dir: {root}/state\ntoken_dir: {root}/tokens\nmin_refresh_interval: 1s\naccounts:\n  bench:\n"
             f"    token_url: {server.token_url}\n    client_id: {DEMO_CLIENT_ID}\n    client_secret: {DEMO_CLIENT_SECRET}\n"
             f"    refresh_token: {server.issue_refresh_token(DEMO_CLIENT_ID)}\n"
         )

@@ -1,19 +1,23 @@
 """`freshtoken run`: the refresh schedule. The only module that imports apscheduler.
 
 The main thread is a control loop fed by a queue: signal handlers only put
-words on it, refresh jobs report back through it, and a heartbeat (at most
-30 s) wakes the scheduler, pings the watchdog and notices new logins.
-APScheduler's pool runs the refreshes; `policy` decides what comes next.
+words on it, refresh jobs report back through it, a thread blocked on the wake
+socket reports logins done meanwhile, and a heartbeat (at most 30 s) wakes the
+scheduler and pings the watchdog. APScheduler's pool runs the refreshes;
+`plan_next` decides what comes next. Whatever one account's data does, the
+error stays with that account: the daemon and the other accounts go on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import random
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,7 +33,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from freshtoken import systemd
 from freshtoken.config import Account, Config
 from freshtoken.durations import humanize
-from freshtoken.errors import ConfigError, FreshtokenError, InvalidGrant, RefreshFailed, TemporaryError
+from freshtoken.errors import ConfigError, FreshtokenError, InvalidGrant, RefreshFailed, RotatedTokenNotSaved, TemporaryError
 from freshtoken.fsutil import clean_stale_temps
 from freshtoken.hooks import run_hook
 from freshtoken.model import AccountState
@@ -37,7 +41,7 @@ from freshtoken.oauth import Timeouts, TokenClient, make_session
 from freshtoken.outputs import OutputError
 from freshtoken.pacing import PacedTokenClient
 from freshtoken.refresh import Refresher, lifetime
-from freshtoken.store import Store
+from freshtoken.store import WAKE_SOCKET, Store
 from freshtoken.timing import backoff, effective_margin, refresh_at
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,7 @@ WARN_RT_BEFORE = 14 * 86400
 STOP_GRACE = 2.0  # seconds an in-flight refresh may take to finish after SIGTERM (a stop must not wait out a read timeout)
 PERMANENT_BASE = 30.0  # first retry after a permanent refusal: a user has to fix something; do not hammer the provider
 MIN_RETRY = 1.0  # the shortest cap on a retry while the current token still lives
+MAX_PLAN = 366 * 86400.0  # no plan lies further ahead: an absurd stored expiry must not overflow the scheduler's datetime
 
 
 # ---------------------------------------------------------------- pure policy
@@ -71,27 +76,34 @@ def plan_next(
     rng: random.Random,
     backoff_cap: float,
     token_expires_at: float | None = None,
+    min_interval: float = 0.0,
 ) -> Plan:
     """The next step for an account after a run that ended in `outcome` (a state, or the error).
 
     `token_expires_at` is when the token the readers have now dies: a retry after a
     temporary failure never waits past half of what it has left, so that two or
     three tries still fit before it expires (a server's Retry-After stays a floor).
+    `min_interval` is the floor between two refreshes: however short-lived the
+    tokens a server hands out, freshtoken never becomes its load generator.
     """
     if isinstance(outcome, AccountState):
         access = outcome.access
         if access is None:  # cannot happen after a success; be safe and retry
             return Plan(now + backoff(1, rng=rng, cap=backoff_cap), 1, "no token")
         margin = effective_margin(margin_config, lifetime(outcome))
-        return Plan(refresh_at(access.expires_at, margin, now=now, rng=rng), 0, "scheduled")
+        last = now if outcome.last_refresh is None else min(outcome.last_refresh, now)
+        return Plan(max(refresh_at(access.expires_at, margin, now=now, rng=rng), last + min_interval), 0, "scheduled")
     if isinstance(outcome, InvalidGrant):
         return Plan(None, attempts, "needs login")
-    if isinstance(outcome, TemporaryError):
+    # A new refresh token that could not be saved is held in memory by the Refresher, which
+    # retries the save on the next run: as urgent as a network error, not a user's mistake.
+    if isinstance(outcome, TemporaryError | RotatedTokenNotSaved):
         n = attempts + 1
         cap = backoff_cap
         if token_expires_at is not None and token_expires_at > now:
             cap = min(cap, max(MIN_RETRY, (token_expires_at - now) / 2))
-        return Plan(now + backoff(n, rng=rng, cap=cap, retry_after=outcome.retry_after), n, "retry")
+        retry_after = outcome.retry_after if isinstance(outcome, TemporaryError) else None
+        return Plan(now + backoff(n, rng=rng, cap=cap, retry_after=retry_after), n, "retry")
     # Permanent refusals (invalid_client, a broken output) may be fixed by the user at any
     # moment: keep trying, but slowly.
     n = attempts + 1
@@ -161,6 +173,8 @@ class Daemon:
         self._ready = False
         self._stopping = threading.Event()
         self.metrics: Any = None
+        self._wake: socket.socket | None = None
+        self._wake_thread: threading.Thread | None = None
 
     @property
     def ready(self) -> bool:
@@ -175,6 +189,9 @@ class Daemon:
 
     def schedule(self, name: str, at: float, *, force: bool = False) -> None:
         """Make the account's only job run at `at` (epoch seconds); replaces any pending job."""
+        now = self.clock()
+        # A plan from an absurd stored expiry (1e300, inf, NaN) must not overflow datetime below.
+        at = min(at, now + MAX_PLAN) if math.isfinite(at) else now
         with self._sched_lock:
             slot = self.slots.get(name)
             if slot is None:
@@ -190,7 +207,7 @@ class Daemon:
             slot.force = slot.force or force
             # APScheduler reads the real wall clock; hand it the same distance from now that
             # `at` has on our clock (identical in production, where our clock is time.time).
-            run_date = datetime.fromtimestamp(time.time() + (at - self.clock()), timezone.utc)
+            run_date = datetime.fromtimestamp(time.time() + (at - now), timezone.utc)
             self.scheduler.add_job(self.run_account, "date", run_date=run_date, id=job_id, args=[name, job_id])
 
     def park(self, name: str) -> None:
@@ -215,15 +232,19 @@ class Daemon:
             outcome: BaseException | AccountState
             try:
                 threshold = None if force else self.refresher.scheduled_threshold
-                result = self.refresher.refresh(account, skip_if_valid_for=threshold)
+                with self._token_expiry(slot.expires_at):
+                    result = self.refresher.refresh(account, skip_if_valid_for=threshold)
                 outcome = result.state
                 self._count(slot, "success" if result.refreshed else "current")
             except FreshtokenError as exc:
                 outcome = exc
-            except Exception as exc:  # a bug must not kill the schedule of this account
-                log.exception("unexpected error refreshing %s", name)
-                outcome = RefreshFailed(f"internal error: {type(exc).__name__}")
-            plan = self._after_run(slot, outcome)
+            except Exception as exc:  # a bug, or stored data the code cannot use, must not kill this account's schedule
+                outcome = RefreshFailed(internal_error(name, "refreshing", exc))
+            try:
+                plan = self._after_run(slot, outcome)
+            except Exception as exc:
+                log.error("%s: %s; retry in %s", name, internal_error(name, "planning the next run", exc), humanize(PERMANENT_BASE))
+                plan = Plan(self.clock() + PERMANENT_BASE, slot.attempts, "retry")
             with self._sched_lock:
                 superseded = job_id is not None and slot.job != job_id
             # A newer schedule (a reload, a new login, SIGUSR1) wins over this run's plan,
@@ -247,6 +268,7 @@ class Daemon:
             rng=self.rng,
             backoff_cap=self.config.backoff_max,
             token_expires_at=slot.expires_at,
+            min_interval=self.config.min_refresh_interval,
         )
         slot.attempts = plan.attempts
         slot.state_mtime = self.store.mtime(name)
@@ -257,7 +279,7 @@ class Daemon:
             slot.last_outcome = "ok"
             slot.expires_at = outcome.access.expires_at if outcome.access else None
             slot.refresh_token_expires_at = outcome.refresh_token_expires_at
-            log.debug("account=%s next_refresh_in=%ds", name, plan.at - now if plan.at else -1)
+            log.debug("account=%s next_refresh_in=%.0fs", name, plan.at - now if plan.at else -1)
             return plan
         slot.consecutive_failures += 1
         message = str(outcome)
@@ -268,7 +290,8 @@ class Daemon:
             slot.needs_login = True
             slot.last_outcome = "needs-login"
         else:
-            kind = "temporary" if isinstance(outcome, TemporaryError) else "output" if isinstance(outcome, OutputError) else "failed"
+            temporary = isinstance(outcome, TemporaryError | RotatedTokenNotSaved)
+            kind = "temporary" if temporary else "output" if isinstance(outcome, OutputError) else "failed"
             self._count(slot, kind)
             level = logging.WARNING if isinstance(outcome, TemporaryError) and slot.attempts < 3 else logging.ERROR
             if message != slot.last_error or slot.attempts in (1, 3) or slot.attempts % 10 == 0:
@@ -276,6 +299,12 @@ class Daemon:
             slot.last_outcome = "retrying"
         slot.last_error = message
         return plan
+
+    def _token_expiry(self, expires_at: float | None) -> contextlib.AbstractContextManager[None]:
+        # Another account's 429 pauses this one at most half of what its token has left.
+        if isinstance(self.client, PacedTokenClient):
+            return self.client.token_expiry(expires_at)
+        return contextlib.nullcontext()
 
     def _count(self, slot: Slot, outcome: str) -> None:
         slot.outcomes[outcome] = slot.outcomes.get(outcome, 0) + 1
@@ -293,24 +322,32 @@ class Daemon:
     # ------------------------------------------------------------ start-up
 
     def start_account(self, name: str) -> None:
-        """Write a still-valid token at once and schedule its refresh; otherwise refresh at once."""
+        """Write a still-valid token at once and schedule its refresh; otherwise refresh at once.
+
+        Never raises: a stored state this code cannot use is reported, and refreshed at once.
+        """
         slot = self.slots[name]
         now = self.clock()
+        force = False
         try:
             state = self.refresher.write_current(slot.account)
+            if state is not None:
+                margin = effective_margin(self.config.margin_for(slot.account), lifetime(state))
+                at = refresh_at(state.access.expires_at, margin, now=now, rng=self.rng)  # type: ignore[union-attr]
+                slot.expires_at = state.access.expires_at if state.access else None
+                slot.refresh_token_expires_at = state.refresh_token_expires_at
+                slot.state_mtime = self.store.mtime(name)
+                self.schedule(name, at)
+                slot.last_outcome = "ok"
+                return
         except FreshtokenError as exc:
             log.warning("%s: could not write the stored token: %s", name, exc)
-            state = None
-        if state is not None:
-            slot.expires_at = state.access.expires_at if state.access else None
-            slot.refresh_token_expires_at = state.refresh_token_expires_at
-            slot.state_mtime = self.store.mtime(name)
-            margin = effective_margin(self.config.margin_for(slot.account), lifetime(state))
-            self.schedule(name, refresh_at(state.access.expires_at, margin, now=now, rng=self.rng))  # type: ignore[union-attr]
-            slot.last_outcome = "ok"
-            return
+        except Exception as exc:
+            # Its stored token is unusable (an absurd expiry, say): a forced refresh replaces it.
+            log.error("%s: cannot use the stored state (%s); refreshing now", name, internal_error(name, "reading the stored state", exc))
+            force = True
         self._startup_pending.add(name)
-        self.schedule(name, now)
+        self.schedule(name, now, force=force)
 
     # ------------------------------------------------------------ main loop
 
@@ -322,6 +359,7 @@ class Daemon:
             self._install_signals()
             self.scheduler.start()
             try:
+                self._open_wake_socket()
                 self._start_metrics()
                 for name in list(self.slots):
                     self.start_account(name)
@@ -345,23 +383,31 @@ class Daemon:
             if event == "stop":
                 log.info("%s, stopping", arg)
                 return
-            if event == "reload":
-                self.reload()
-            elif event == "refresh-all":
-                log.info("SIGUSR1: refreshing every account now")
-                now = self.clock()
-                for name, slot in self.slots.items():
-                    slot.needs_login = False  # a manual request gets one more try
-                    self.schedule(name, now, force=True)
-            elif event == "ran":
-                self._startup_pending.discard(arg)
-                self._check_ready()
-            if self.monotonic() >= next_beat or event == "beat":
-                wall, mono = self.clock(), self.monotonic()
-                self._check_clock(wall - last_wall - (mono - last_mono))
-                last_wall, last_mono = wall, mono
-                self.beat()
-                next_beat = mono + self.heartbeat
+            try:
+                self._handle(event, arg)
+                if self.monotonic() >= next_beat or event == "beat":
+                    wall, mono = self.clock(), self.monotonic()
+                    self._check_clock(wall - last_wall - (mono - last_mono))
+                    last_wall, last_mono = wall, mono
+                    next_beat = mono + self.heartbeat
+                    self.beat()
+            except Exception as exc:  # the last line of defence: whatever slipped through, the loop goes on
+                log.error("%s", internal_error("daemon", f"handling {event!r}", exc))
+
+    def _handle(self, event: str, arg: Any) -> None:
+        if event == "reload":
+            self.reload()
+        elif event == "rescan":
+            self.rescan()
+        elif event == "refresh-all":
+            log.info("SIGUSR1: refreshing every account now")
+            now = self.clock()
+            for name, slot in self.slots.items():
+                slot.needs_login = False  # a manual request gets one more try
+                self.schedule(name, now, force=True)
+        elif event == "ran":
+            self._startup_pending.discard(arg)
+            self._check_ready()
 
     def beat(self) -> None:
         """The heartbeat: wake the scheduler, ping the watchdog, pick up new logins, warn of dying refresh tokens."""
@@ -371,25 +417,46 @@ class Daemon:
         # thread costs milliseconds of CPU on a VM, and the daemon should cost nothing idle.
         if any(slot.planned_at is not None and slot.planned_at <= now for slot in self.slots.values()):
             self.scheduler.wakeup()
-        for name, slot in self.slots.items():
-            if slot.needs_login:
-                mtime = self.store.mtime(name)
-                if mtime != slot.state_mtime:
-                    slot.state_mtime = mtime
-                    try:
-                        state = self.store.load(name)
-                    except FreshtokenError as exc:  # the heartbeat must go on whatever the disk says
-                        log.warning("%s: %s", name, exc)
-                        continue
-                    if not state.needs_login:
-                        log.info("%s: new login found; resuming", name)
-                        slot.needs_login = False
-                        slot.attempts = 0
-                        self.schedule(name, now)
-            self._warn_refresh_token(slot, now)
+        # A login normally wakes us through the socket; this catches one whose wake-up got lost.
+        self.rescan(parked_only=True)
+        for name, slot in list(self.slots.items()):
+            try:
+                self._warn_refresh_token(slot, now)
+            except Exception as exc:
+                log.error("%s: %s", name, internal_error(name, "in the heartbeat", exc))
         if systemd.watchdog_interval(self.environ):
             systemd.notify("WATCHDOG=1", environ=self.environ)
         systemd.notify({"STATUS": self.summary()}, environ=self.environ)
+
+    def rescan(self, *, parked_only: bool = False) -> None:
+        """Re-read each account whose state file changed on disk (a login by another process) and plan it anew.
+
+        A changed account runs at once: a new login's token is still valid, so that run only
+        writes it out and plans its refresh; a changed state that needs a login parks it again.
+        """
+        now = self.clock()
+        for name, slot in list(self.slots.items()):
+            if parked_only and not slot.needs_login:
+                continue
+            try:
+                mtime = self.store.mtime(name)
+                if mtime == slot.state_mtime:
+                    continue
+                slot.state_mtime = mtime
+                try:
+                    state = self.store.load(name)
+                except FreshtokenError as exc:  # the heartbeat must go on whatever the disk says
+                    log.warning("%s: %s", name, exc)
+                    continue
+                if state.needs_login:
+                    continue  # a parked account stays parked; a running one finds out on its next run
+                if slot.needs_login:
+                    log.info("%s: new login found; resuming", name)
+                slot.needs_login = False
+                slot.attempts = 0
+                self.schedule(name, now)
+            except Exception as exc:
+                log.error("%s: %s", name, internal_error(name, "re-reading the state", exc))
 
     def _warn_refresh_token(self, slot: Slot, now: float) -> None:
         expires = slot.refresh_token_expires_at
@@ -433,14 +500,17 @@ class Daemon:
         systemd.notify({"READY": 1, "STATUS": self.summary()}, environ=self.environ)
 
     def summary(self) -> str:
-        counts: dict[str, int] = {}
-        for slot in self.slots.values():
-            counts[slot.last_outcome] = counts.get(slot.last_outcome, 0) + 1
-        parts = [f"{n} {what}" for what, n in sorted(counts.items())]
-        planned = [s.planned_at for s in self.slots.values() if s.planned_at is not None]
-        text = f"{len(self.slots)} account(s): " + ", ".join(parts)
-        if planned:
-            text += f"; next refresh in {humanize(max(0.0, min(planned) - self.clock()))}"
+        text = f"{len(self.slots)} account(s)"
+        try:
+            counts: dict[str, int] = {}
+            for slot in self.slots.values():
+                counts[slot.last_outcome] = counts.get(slot.last_outcome, 0) + 1
+            text += ": " + ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
+            planned = [s.planned_at for s in self.slots.values() if s.planned_at is not None]
+            if planned:
+                text += f"; next refresh in {humanize(max(0.0, min(planned) - self.clock()))}"
+        except Exception as exc:  # READY=1 and the watchdog's STATUS must not depend on one account's figures
+            log.error("%s", internal_error("daemon", "summing up the accounts", exc))
         return text
 
     # ------------------------------------------------------------ reload
@@ -499,6 +569,36 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self.events.put(("reload", None)))
         signal.signal(signal.SIGUSR1, lambda *_: self.events.put(("refresh-all", None)))
 
+    def _open_wake_socket(self) -> None:
+        """Listen for `login` telling us it changed a state; the thread blocks in recv, so idle costs nothing."""
+        self._wake = self.store.open_wake_socket()
+        if self._wake is None:
+            return  # said by the store; the heartbeat still notices logins
+        self._wake_thread = threading.Thread(target=self._read_wake_socket, args=(self._wake,), name="wake", daemon=True)
+        self._wake_thread.start()
+
+    def _read_wake_socket(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                sock.recv(64)  # whatever the word: re-reading changed states is always safe
+            except OSError:
+                return
+            if self._stopping.is_set():
+                return
+            self.events.put(("rescan", None))
+
+    def _close_wake_socket(self) -> None:
+        sock, self._wake = self._wake, None
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in recv (close alone would not)
+        if self._wake_thread is not None:
+            self._wake_thread.join(timeout=STOP_GRACE)
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.store.dir / WAKE_SOCKET)  # we still hold the daemon lock: it is ours
+
     def _start_metrics(self) -> None:
         if not self.config.metrics_listen:
             return
@@ -522,6 +622,16 @@ class Daemon:
         if self.metrics is not None:
             with contextlib.suppress(Exception):
                 self.metrics.shutdown()
+        self._close_wake_socket()
+
+
+def internal_error(name: str, doing: str, exc: BaseException) -> str:
+    """One line for an unexpected exception `doing` something for `name`; the traceback goes to DEBUG only.
+
+    Only the type is named: the message of an arbitrary exception may quote a secret.
+    """
+    log.debug("%s: internal error %s", name, doing, exc_info=exc)
+    return f"internal error {doing}: {type(exc).__name__}"
 
 
 def _with_state_dir(config: Config, state_dir: Path) -> Config:
