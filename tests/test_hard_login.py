@@ -22,7 +22,7 @@ import test_login as tl
 from freshtoken import config as config_module
 from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from freshtoken.errors import TemporaryError
-from freshtoken.login import login
+from freshtoken.login import _read_head, login
 from freshtoken.store import Store
 
 make_config = tl.make_config  # the fixture: one account `demo` against auth_server
@@ -100,6 +100,7 @@ def test_access_denied_with_the_right_state_ends_the_login(make_config, dirs):
     assert not dirs["state"].exists()
 
 
+@pytest.mark.slow
 def test_a_trickling_connection_does_not_block_the_real_callback(make_config, auth_server, dirs):
     """A client sending its request a byte at a time is still connected when the browser's callback arrives, which logs in."""
     tricklers: list[Trickler] = []
@@ -107,7 +108,7 @@ def test_a_trickling_connection_does_not_block_the_real_callback(make_config, au
     def trickle_then_follow(url: str) -> requests.Response:
         trickler = Trickler(tl.query(url)["redirect_uri"])
         tricklers.append(trickler)
-        trickler.wait_sent(5)
+        trickler.wait_sent(2)
         return tl.follow(url)
 
     try:
@@ -121,6 +122,7 @@ def test_a_trickling_connection_does_not_block_the_real_callback(make_config, au
     assert len(tl.token_requests(auth_server)) == 1
 
 
+@pytest.mark.slow
 def test_a_trickler_alone_cannot_hold_the_login_past_its_timeout(make_config, dirs):
     """With only a trickling client connected, `--timeout 2` still ends the login in about 2 s with exit 1."""
     tricklers: list[Trickler] = []
@@ -140,6 +142,33 @@ def test_a_trickler_alone_cannot_hold_the_login_past_its_timeout(make_config, di
     assert "no answer from the browser within 2s" in done.err
     assert elapsed < 10
     assert tricklers and tricklers[0].sent > 0
+
+
+def test_a_request_head_trickling_past_its_deadline_is_dropped():
+    """The listener reads a request head under one deadline: bytes arriving every 0.05 s do not keep a connection past it."""
+    ours, theirs = socket.socketpair()
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(0.05):
+            try:
+                theirs.send(b"a")
+            except OSError:
+                return
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    sender.start()
+    try:
+        with pytest.raises(TimeoutError):
+            _read_head(ours, time.monotonic() + 0.5)
+        theirs.send(b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        stop.set()
+        sender.join(WAIT)
+        assert _read_head(ours, time.monotonic() + WAIT).endswith(b"\r\n\r\n")  # a complete head is returned whole
+    finally:
+        stop.set()
+        ours.close()
+        theirs.close()
 
 
 # ---------------------------------------------------------------- server text
