@@ -274,23 +274,27 @@ def test_portless_redirect_uri_listens_on_a_free_port_and_sends_it(make_config, 
     assert done.driven.status_code == 200
 
 
-def test_state_mismatch_is_refused(make_config, auth_server, dirs):
-    """A callback whose state differs from the request's gets a refusal page, exit 1, no exchange and no state file."""
+def test_state_mismatch_is_ignored_and_the_real_callback_still_logs_in(make_config, auth_server, dirs):
+    """A callback with a wrong or missing state gets a 400 page and is ignored (said once on stderr); the real callback then logs in."""
 
-    def forge(url: str) -> requests.Response:
+    def forge_then_follow(url: str) -> list[requests.Response]:
         location = redirect_location(url)
         params = query(location)
-        params["state"] = "forged-" + params["state"][:5]
-        return requests.get(location.split("?")[0] + "?" + urlencode(params), timeout=15)
+        base = location.split("?")[0]
+        forged = requests.get(base + "?" + urlencode({**params, "state": "forged-" + params["state"][:5]}), timeout=15)
+        stateless = requests.get(base + "?" + urlencode({"code": params["code"]}), timeout=15)
+        return [forged, stateless, requests.get(location, timeout=15)]
 
-    done = run_login(make_config(), "demo", drive=forge)
+    done = run_login(make_config(), "demo", drive=forge_then_follow)
 
-    assert done.code == 1
-    assert done.driven.status_code == 400 and "state mismatch" in done.driven.text
-    assert "freshtoken: login failed" in done.driven.text
-    assert "freshtoken: state mismatch" in done.err
-    assert token_requests(auth_server) == []
-    assert not dirs["state"].exists()
+    assert done.code == 0, done.err
+    forged, stateless, real = done.driven
+    assert forged.status_code == 400 and "freshtoken: not this login" in forged.text and "ignored" in forged.text
+    assert stateless.status_code == 400
+    assert real.status_code == 200 and "freshtoken: logged in" in real.text
+    assert done.err.count("Ignored a request to the callback whose state does not match this login") == 1
+    assert len(token_requests(auth_server)) == 1
+    assert state_file(dirs)["needs_login"] is False
 
 
 def test_access_denied_is_reported_and_stores_nothing(make_config, dirs):

@@ -6,41 +6,48 @@ the code and hands the answer to Refresher.adopt. Nothing is stored unless the e
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hmac
 import html
 import http.server
+import io
 import logging
 import os
 import secrets
 import select
+import shlex
 import socket
 import socketserver
 import sys
 import threading
 import time
 import webbrowser
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from freshtoken import outputs
 from freshtoken.config import Account, Config
 from freshtoken.durations import humanize
-from freshtoken.errors import ConfigError, FreshtokenError, InvalidGrant, LoginFailed, UsageError
+from freshtoken.errors import ConfigError, FreshtokenError, InvalidGrant, LoginFailed, TokenUnavailable, UsageError
 from freshtoken.model import AccountState
 from freshtoken.oauth import Timeouts, TokenClient, authorize_url, make_pkce
+from freshtoken.reader import candidate_dirs, find_token_file
 from freshtoken.refresh import Refresher
 from freshtoken.store import Store
 
 log = logging.getLogger(__name__)
 
 LOOPBACK_IPS = ("127.0.0.1", "::1")
-# A browser's speculative pre-connection sends nothing; with one serving thread it
-# must not hold up the real callback for long.
-IDLE_CONNECTION_TIMEOUT = 3.0
+# Each connection has its own thread; these bound how long one may hold it.
+IDLE_CONNECTION_TIMEOUT = 3.0  # silence between two reads (a browser's speculative pre-connection sends nothing)
+REQUEST_DEADLINE = 10.0  # for the whole request head, however it trickles in
+MAX_HEAD = 16384  # a callback URL with its headers is a few KB
+SCOPE_LIMIT = 500  # the granted scopes as shown and logged; providers with many scopes stay readable
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +110,8 @@ def check_callback(params: Mapping[str, str], state: str, *, require_state: bool
     error = params.get("error")
     if error is not None:
         description = params.get("error_description")
-        detail = _printable(error, 60) + (f": {_printable(description, 200)}" if description else "")
+        hidden = (state, params.get("code") or "")
+        detail = clean_server_text(error, 60, hidden) + (f": {clean_server_text(description, 200, hidden)}" if description else "")
         if error == "access_denied":
             raise LoginFailed(f"login denied: {detail}")
         raise LoginFailed(f"the authorization server refused the login: {detail}")
@@ -126,11 +134,12 @@ def login(
     stdin: IO[str] | None = None,
     client: TokenClient | None = None,
     clock: Callable[[], float] = time.time,
+    environ: Mapping[str, str] | None = None,
 ) -> int:
     """Run one login for `account`; prints the URL and a summary, returns 0 or raises a FreshtokenError.
 
     `opener` opens the URL (default: the desktop's browser, in the background);
-    `stdin` is where --manual reads the pasted URL.
+    `stdin` is where --manual reads the pasted URL; `environ` decides the `freshtoken get` line shown.
     """
     if account.grant == "client_credentials":
         raise UsageError(f"{account.name}: a client_credentials account needs no login")
@@ -175,7 +184,7 @@ def login(
         if own_client:
             client.session.close()
     assert flow.result is not None
-    _summary(flow, flow.result, out)
+    _summary(flow, flow.result, out, os.environ if environ is None else environ)
     return 0
 
 
@@ -199,6 +208,7 @@ class _Flow:
             self.verifier, self.challenge = make_pkce()
         self.redirect_uri = account.redirect_uri
         self.result: AccountState | None = None
+        self.daemon_told = False  # a daemon was listening on the state dir when the grant was stored
 
     @property
     def url(self) -> str:
@@ -220,13 +230,16 @@ class _Flow:
                 " or the redirect_uri differs from the registered one; run login again"
             ) from None
         except FreshtokenError as exc:
-            raise type(exc)(f"code exchange failed: {exc}") from None
+            raise _prefixed(exc, "code exchange failed: ") from None
         store = Store(self.config.state_dir)
         try:
             self.result = Refresher(self.config, store, self.client, clock=self.clock).adopt(self.account, response)
         except outputs.OutputError as exc:
-            raise outputs.OutputError(f"logged in and stored the refresh token, but {exc}") from None
-        log.info("login account=%s scope=%s", self.account.name, response.access.scope or "-")
+            store.wake_daemon()  # the grant is stored: a running daemon takes it over (and retries the outputs)
+            raise _prefixed(exc, "logged in and stored the refresh token, but ") from None
+        # A running daemon re-reads the account now instead of at its next heartbeat.
+        self.daemon_told = store.wake_daemon()
+        log.info("login account=%s scope=%s", self.account.name, clean_server_text(response.access.scope or "-", SCOPE_LIMIT))
         return self.result
 
 
@@ -265,7 +278,7 @@ def _listen(
 ) -> None:
     shown = f"[{target.bind}]" if ":" in target.bind else target.bind
     try:
-        server = _Listener((target.bind, target.port or 0), target.path, flow)
+        server = _Listener((target.bind, target.port or 0), target.path, flow, err)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise LoginFailed(
@@ -281,57 +294,139 @@ def _listen(
         if browser:
             _start_opener(opener or webbrowser.open, flow.url, err)
         print(f"Waiting up to {humanize(timeout)} for the browser to come back to {flow.redirect_uri} ...", file=err, flush=True)
-        deadline = time.monotonic() + timeout
-        while server.outcome is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="freshtoken-login", daemon=True)
+        serving.start()
+        try:
+            # The deadline bounds the wait for the callback; an exchange already under way is
+            # let finish (its own timeouts bound it), or a granted login would be thrown away.
+            if not server.done.wait(max(timeout, 0)) and server.close_claims():
                 raise LoginFailed(
                     f"no answer from the browser within {humanize(timeout)} (nothing came to {flow.redirect_uri});"
                     f" run `freshtoken login {flow.account.name}` again"
                 )
-            server.timeout = remaining
-            server.handle_request()
+            server.done.wait()
+        finally:
+            server.shutdown()
+            server.drop_connections()
+            serving.join()
     if isinstance(server.outcome, BaseException):
         raise server.outcome
 
 
-class _Listener(http.server.HTTPServer):
-    """One thread, one request at a time, until one callback with a code or an error has been answered."""
+class _Listener(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    """A thread per connection, so that a slow or silent client cannot hold up the real callback.
 
-    def __init__(self, address: tuple[str, int], path: str, flow: _Flow) -> None:
+    Everything but the one callback carrying this login's state gets an error page and is
+    otherwise ignored: any web page in the user's browser can send requests to this port.
+    """
+
+    daemon_threads = True
+    block_on_close = False  # connections still open at the end are cut (drop_connections), not waited for
+
+    def __init__(self, address: tuple[str, int], path: str, flow: _Flow, err: IO[str]) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.callback_path = path
         self.flow = flow
+        self.err = err
         self.outcome: AccountState | BaseException | None = None
+        self.claimed = threading.Event()  # the callback with our state arrived; no other one is taken
+        self.done = threading.Event()  # outcome is set
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._warned = False
+        self._closed = False
         super().__init__(address, _CallbackHandler)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind() looks up the host's FQDN, which stalls on slow DNS.
         socketserver.TCPServer.server_bind(self)
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """Cut connections still open (a client trickling bytes), so that their threads end now."""
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # A browser that gives up on a connection is not news; nothing else is expected here.
+        # A browser that gives up on a connection, or a client too slow to send its request, is not news.
         if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
             log.warning("login listener: %s", type(sys.exc_info()[1]).__name__)
 
-    def answer(self, params: Mapping[str, str]) -> tuple[int, str]:
-        """The status and page for a callback; records the outcome that ends the wait."""
+    def answer(self, params: Mapping[str, str]) -> tuple[int, str, AccountState | BaseException | None]:
+        """The status and page for a request to the callback path, and the outcome that ends the wait (None: wait on)."""
         name = html.escape(self.flow.account.name)
+        if not _state_matches(params, self.flow.state):
+            self._ignored("a request to the callback whose state does not match this login (an old browser tab, or another page)")
+            return (
+                400,
+                _page(
+                    "freshtoken: not this login",
+                    "This answer does not belong to the login freshtoken is waiting for; it was ignored."
+                    " Finish the login in the tab freshtoken opened.",
+                    ok=False,
+                ),
+                None,
+            )
+        with self._lock:
+            taken = self.claimed.is_set() or self._closed
+            if not taken:
+                self.claimed.set()
+        if taken:
+            return 409, _page("freshtoken: login over", "This login has its answer already, or timed out.", ok=False), None
+        failed = "freshtoken: login failed"
         try:
             state = self.flow.finish(params, require_state=True)
         except FreshtokenError as exc:
-            self.outcome = exc
-            return 400, _page("freshtoken: login failed", f"Account <b>{name}</b> is not logged in: {html.escape(str(exc))}", ok=False)
+            return 400, _page(failed, f"Account <b>{name}</b> is not logged in: {html.escape(str(exc))}", ok=False), exc
         except Exception as exc:  # a bug: still answer the browser, then report it in the terminal
-            self.outcome = exc
-            return 500, _page("freshtoken: login failed", "An internal error occurred; see the terminal.", ok=False)
-        self.outcome = state
-        return 200, _page("freshtoken: logged in", f"Account <b>{name}</b> is logged in. You can close this window.", ok=True)
+            return 500, _page(failed, "An internal error occurred; see the terminal.", ok=False), exc
+        return 200, _page("freshtoken: logged in", f"Account <b>{name}</b> is logged in. You can close this window.", ok=True), state
+
+    def close_claims(self) -> bool:
+        """At the deadline: True if no callback was taken, and none will be from now on."""
+        with self._lock:
+            self._closed = True
+            return not self.claimed.is_set()
+
+    def end(self, outcome: AccountState | BaseException) -> None:
+        self.outcome = outcome
+        self.done.set()
+
+    def _ignored(self, what: str) -> None:
+        with self._lock:
+            if self._warned:
+                return  # once: a page sending requests in a loop must not flood the terminal
+            self._warned = True
+        print(f"Ignored {what}; still waiting.", file=self.err, flush=True)
+
+
+def _state_matches(params: Mapping[str, str], state: str) -> bool:
+    got = params.get("state")
+    return got is not None and hmac.compare_digest(got.encode(), state.encode())
 
 
 class _CallbackHandler(http.server.BaseHTTPRequestHandler):
     timeout = IDLE_CONNECTION_TIMEOUT
     server: _Listener
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()
+        # Read the whole request head under one deadline: a per-read timeout alone lets a client
+        # that trickles a byte at a time keep the connection (and its thread) for ever.
+        self.rfile = io.BytesIO(_read_head(self.connection, time.monotonic() + REQUEST_DEADLINE))
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the default would print request lines, code and all, to stderr
@@ -348,7 +443,12 @@ class _CallbackHandler(http.server.BaseHTTPRequestHandler):
         if "code" not in params and "error" not in params:
             self._send(400, _page("freshtoken: waiting", "This address waits for the authorization server's answer.", ok=False))
             return
-        self._send(*self.server.answer(params))
+        status, page, outcome = self.server.answer(params)
+        try:
+            self._send(status, page)
+        finally:
+            if outcome is not None:
+                self.server.end(outcome)  # only now: ending the wait cuts the connections still open
 
     def _send(self, status: int, page: str) -> None:
         body = page.encode()
@@ -365,6 +465,22 @@ class _CallbackHandler(http.server.BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
+
+
+def _read_head(connection: socket.socket, deadline: float) -> bytes:
+    """The request line and headers (a GET has no body), or TimeoutError once the deadline passes."""
+    head = b""
+    while b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) < MAX_HEAD:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        connection.settimeout(min(remaining, IDLE_CONNECTION_TIMEOUT))
+        chunk = connection.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    connection.settimeout(IDLE_CONNECTION_TIMEOUT)
+    return head
 
 
 def _page(title: str, message_html: str, *, ok: bool) -> str:
@@ -402,14 +518,15 @@ def _has_desktop(environ: Mapping[str, str]) -> bool:
     return bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
 
 
-def _summary(flow: _Flow, state: AccountState, out: IO[str]) -> None:
+def _summary(flow: _Flow, state: AccountState, out: IO[str], environ: Mapping[str, str]) -> None:
     now = flow.clock()
     account = flow.account
     access = state.access
     lines = [f"Logged in: account {account.name!r}"]
     if access is not None:
         granted = access.scope.split() if access.scope else None
-        lines.append(f"  scopes granted:  {' '.join(granted) if granted else '(the server did not say)'}")
+        shown = clean_server_text(" ".join(granted), SCOPE_LIMIT) if granted else "(the server did not say)"
+        lines.append(f"  scopes granted:  {shown}")
         missing = [s for s in account.scopes if granted is not None and s not in granted]
         if missing:
             lines.append(f"  not granted:     {' '.join(missing)}")
@@ -421,14 +538,57 @@ def _summary(flow: _Flow, state: AccountState, out: IO[str]) -> None:
         lines.append("  refresh token:   stored; the server did not say when it expires")
     token_file, json_file = outputs.token_paths(flow.config.token_dir, account.name)
     lines.append(f"  token file:      {token_file} (and {json_file.name})")
-    lines.append(f"A running `freshtoken run` picks this login up within about 30 s; `freshtoken get {account.name}` prints the token.")
+    lines.append(f"  print it with:   {get_command(flow.config, account.name, environ)}")
+    if flow.daemon_told:
+        lines.append("The running `freshtoken run` has been told and keeps this token fresh from now on.")
+    else:
+        lines.append("No `freshtoken run` is running on this state dir: start it (or its systemd unit) to keep the token fresh.")
     print("\n".join(lines), file=out, flush=True)
+
+
+def get_command(config: Config, account: str, environ: Mapping[str, str]) -> str:
+    """The `freshtoken get` command line that finds this config's token for `account`.
+
+    Plain `get` looks only in the default places (SPEC: $FRESHTOKEN_TOKEN_DIR, $RUNTIME_DIRECTORY,
+    $XDG_RUNTIME_DIR/freshtoken, /run/freshtoken); for any other token dir it needs --token-dir,
+    which is also the fast way (`-c` would load the whole config).
+    """
+    plain = f"freshtoken get {shlex.quote(account)}"
+    try:
+        found: str | None = find_token_file(account, candidate_dirs(environ, None, None))
+    except TokenUnavailable:
+        found = None
+    if found is not None and _same_dir(os.path.dirname(found), config.token_dir):
+        return plain
+    return f"{plain} --token-dir {shlex.quote(str(config.token_dir))}"
+
+
+def _same_dir(a: str, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
 
 
 def _when(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _printable(text: str, limit: int) -> str:
+def clean_server_text(text: str, limit: int, hidden: Iterable[str] = ()) -> str:
+    """A server's words made safe to show: secrets it echoed masked, control characters
+    (ANSI escapes, newlines that would forge log lines) replaced, length bounded.
+
+    A local stand-in for oauth.clean_server_text (same signature), which login should use once merged.
+    """
+    for secret in hidden:
+        if secret:
+            text = text.replace(secret, "<redacted>")
     text = "".join(ch if ch.isprintable() else " " for ch in text)
     return text[:limit] + ("…" if len(text) > limit else "")
+
+
+def _prefixed(exc: FreshtokenError, prefix: str) -> FreshtokenError:
+    """`exc` with its message prefixed, keeping its class and attributes (retry_after, refresh_token...)."""
+    exc.args = (prefix + str(exc), *exc.args[1:])
+    exc.__traceback__ = None
+    return exc
