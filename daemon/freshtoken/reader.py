@@ -225,22 +225,22 @@ def token_dir_from_config(file: str, environ: Mapping[str, str]) -> str | None:
         if body.rstrip() == "---" and not top:
             continue
         key, colon, value = body.partition(":")
-        if key not in TOP_KEYS or key in top or not colon or value[:1] not in ("", " "):
+        value = value.strip()
+        if key not in TOP_KEYS or key in top or not colon or body[len(key) + 1 : len(key) + 2] not in ("", " "):
             return None  # not a known `key: value` once (a directive, list, flow mapping, duplicate key, ...)
-        top[key] = value.strip()
+        if value[:1] in ("'", '"'):
+            if len(value) < 2 or value[-1] != value[0] or value[0] in value[1:-1] or "\\" in value:
+                return None  # an escape or a quote inside: let the real parser read it
+        elif value[:1] in tuple("-?:,[]{}#&*!|>%@`") or ": " in value or value.endswith(":"):
+            return None  # an indicator (anchor, alias, tag, flow collection, block scalar) or a YAML error
+        top[key] = value
         previous = key
-    if "accounts" not in top:
-        return None
+    if top.get("accounts", "-") != "":
+        return None  # no accounts mapping below `accounts:`: the full parser says what is wrong
     value = top.get("token_dir", "")
-    if value in ("", "~", "null", "Null", "NULL"):
+    if value in ("", "~", "null", "Null", "NULL", '""', "''"):
         return default_token_dir(environ, file)
-    if value[0] in "'\"":
-        if len(value) < 2 or value[-1] != value[0] or value[0] in value[1:-1] or "\\" in value:
-            return None  # an escape inside: let the real parser read it
-        value = value[1:-1]
-    elif value[0] in "-?:,[]{}#&*!|>%@`" or ": " in value or value.endswith(":"):
-        return None  # an indicator (anchor, alias, tag, flow, block scalar) or a YAML error
-    expanded = _expand(value, environ)
+    expanded = _expand(value[1:-1] if value[0] in "'\"" else value, environ)
     if expanded is None or not expanded.startswith("/") or "\0" in expanded:
         return None  # the full parser explains
     return expanded
