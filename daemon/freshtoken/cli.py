@@ -24,8 +24,9 @@ SEVERITY = {0: 0, 75: 1, 1: 2, 78: 3}
 EXIT_CODES = """\
 exit codes:
   0    success
-  1    failed: the server refused (e.g. invalid_grant: log in again), no valid token (get),
-       login failed, another daemon holds the state dir, an account's state cannot be read (status)
+  1    failed: the server refused (e.g. invalid_grant: log in again), a rotated refresh token could
+       not be saved, no valid token (get), login failed, another daemon holds the state dir,
+       an account's state cannot be read (status)
   2    bad command line (unknown option or account)
   75   temporary, try again later: network, timeout, HTTP 5xx or 429, or the state dir cannot be
        written (full disk, permissions; the message names the path)

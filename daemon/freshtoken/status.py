@@ -54,6 +54,8 @@ def read_state(path: Path) -> AccountState:
             raw = handle.read(MAX_STATE_FILE + 1)
     except FileNotFoundError:
         return AccountState()
+    except PermissionError:
+        raise Unusable(f"cannot read {path}: permission denied ({_owner_hint(path.parent)})") from None
     except OSError as exc:
         raise Unusable(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
     try:
@@ -75,6 +77,17 @@ def read_state(path: Path) -> AccountState:
     if state.last_error is not None and not isinstance(state.last_error, str):
         raise Unusable(f"{path}: last_error is not text")
     return state
+
+
+def _owner_hint(directory: Path) -> str:
+    """A reader of the system install is not the daemon's user: say whose state it is and how to read the token."""
+    import pwd
+
+    try:
+        owner = pwd.getpwuid(directory.stat().st_uid).pw_name
+    except (OSError, KeyError):
+        owner = "the daemon's user"
+    return f"the state belongs to {owner}: `sudo -u {owner} freshtoken status`; `freshtoken get` reads the token itself"
 
 
 def _describe_one(config: Config, account: Account, state: AccountState, now: float) -> dict[str, Any]:
