@@ -51,7 +51,7 @@ def tree(root: Path) -> dict[str, tuple[int, int, bytes]]:
 
 
 @pytest.mark.parametrize("name", [".freshtoken-tmp-x", ".freshtoken-tmp-probe.1234", ".hidden", "-dash", "_under", ".", ".."])
-def test_account_names_cannot_look_like_freshtooken_files(name: str) -> None:
+def test_account_names_cannot_look_like_freshtoken_files(name: str) -> None:
     """An account name must start with a letter or digit, so its files never match the temp-file sweep or hide as dot-files."""
     document = {"accounts": {name: {"token_url": "http://127.0.0.1:1/t", "client_id": "x", "client_auth": "none"}}}
     with pytest.raises(ConfigError) as info:
