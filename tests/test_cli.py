@@ -384,6 +384,13 @@ def test_get_imports_only_what_python_itself_loads(dirs: dict[str, Path]) -> Non
 # ------------------------------------------------------------------ status
 
 
+def _table(out: str) -> list[str]:
+    """The lines of `status`'s table, below its config / state dir / token dir header."""
+    header, blank, table = out.partition("\n\n")
+    assert blank and header.startswith("config "), out
+    return table.splitlines()
+
+
 def _secrets(auth_server: AuthServer, state_dir: Path, config: Path) -> list[str]:
     state = json.loads((state_dir / "demo.json").read_text())
     found = [DEMO_CLIENT_SECRET, _seed_of(config)]
@@ -407,7 +414,7 @@ def test_status_table_shows_expiry_and_no_secret(
     assert freshtoken("-c", str(path), "refresh").code == 0
     run = freshtoken("-c", str(path), "status")
     assert run.code == 0, run
-    header, row = run.out.splitlines()
+    header, row = _table(run.out)
     assert header.split() == ["ACCOUNT", "STATE", "EXPIRES", "IN", "LAST", "REFRESH", "REFRESH", "TOKEN", "LAST", "ERROR"]
     assert row.startswith("demo")
     assert " fresh " in row
@@ -439,7 +446,7 @@ def test_status_after_invalid_grant_says_how_to_log_in(freshtoken: Callable[...,
     assert freshtoken("-c", str(demo_config), "refresh").code == 1
     table = freshtoken("-c", str(demo_config), "status").out
     assert "needs-login" in table
-    assert table.splitlines()[-1] == "demo: run `freshtoken login demo`"
+    assert _table(table)[-1] == "demo: run `freshtoken login demo`"
     (row,) = json.loads(freshtoken("-c", str(demo_config), "status", "--json").out)
     assert (row["state"], row["login_command"]) == ("needs-login", "freshtoken login demo")
     assert "invalid_grant" in row["last_error"]
@@ -450,7 +457,7 @@ def test_status_before_any_refresh(freshtoken: Callable[..., Run], demo_config: 
     """With no state yet, `status` says missing / never, and exits 0."""
     run = freshtoken("-c", str(demo_config), "status")
     assert run.code == 0
-    row = run.out.splitlines()[1].split()
+    row = _table(run.out)[1].split()
     assert row[:5] == ["demo", "missing", "-", "never", "expiry"]
 
 
@@ -525,6 +532,13 @@ def test_refresh_as_a_real_process_exit_codes(demo_config: Path, auth_server: Au
         ["get", "-h"],
         ["get", "demo", "--"],
         ["-c", "cfg", "get", "demo"],
+        ["get", "demo", "-c", "cfg"],
+        ["--config=cfg", "get", "demo"],
+        ["--config", "cfg", "get", "-c", "other", "demo"],
+        ["get", "--config", "cfg", "--format=json", "demo"],
+        ["-c", "get", "demo"],
+        ["-c", "--format", "get", "demo"],
+        ["get", "demo", "-c=cfg"],
         ["get"],
     ],
 )
@@ -543,8 +557,14 @@ def test_get_fast_path_reads_argv_as_argparse_does(argv: list[str]) -> None:
 
 def test_get_fast_path_takes_the_usual_command_lines() -> None:
     """Plain `get` command lines (any option order, `--opt=value`) skip argparse; unusual ones go to it."""
-    usual = [["get", "demo"], ["get", "--format=env", "demo"], ["get", "demo", "--min-valid", "5m", "--token-dir", "/x"]]
-    unusual = [["-c", "cfg", "get", "demo"], ["get", "-h"], ["get", "demo", "--form", "json"], ["get", "demo", "x"]]
+    usual = [
+        ["get", "demo"],
+        ["get", "--format=env", "demo"],
+        ["get", "demo", "--min-valid", "5m", "--token-dir", "/x"],
+        ["-c", "cfg", "get", "demo"],
+        ["get", "demo", "--config=cfg"],
+    ]
+    unusual = [["-v", "get", "demo"], ["get", "-h"], ["get", "demo", "--form", "json"], ["get", "demo", "x"], ["get", "-ccfg", "demo"]]
     assert all(cli._plain_get(argv) is not None for argv in usual)
     assert all(cli._plain_get(argv) is None for argv in unusual)
 
@@ -571,7 +591,7 @@ def test_status_without_any_refresh_token_says_needs_login(freshtoken: Callable[
     path = write_config(DIRS + PUBLIC_ACCOUNT)
     run = freshtoken("-c", str(path), "status")
     assert 0 == run.code
-    row = run.out.splitlines()[1].split()
+    row = _table(run.out)[1].split()
     assert ["demo", "needs-login", "-", "never", "none", "-"] == row
     assert "demo: run `freshtoken login demo`" in run.out
 

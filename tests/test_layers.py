@@ -64,3 +64,10 @@ def test_get_path_is_stdlib_at_import_time() -> None:
                 assert root not in OWNERS, f"{module}.py imports {name} at module level"
                 if root == "freshtoken":
                     assert name.split(".")[-1] in GET_PATH or name == "freshtoken", f"{module}.py imports {name}"
+
+
+def test_get_config_scanner_knows_every_top_level_key() -> None:
+    """reader's copy of the config's top-level keys (for the yaml-free `get -c`) matches config.TOP_KEYS."""
+    from freshtoken import config, reader
+
+    assert reader.TOP_KEYS == frozenset(config.TOP_KEYS)

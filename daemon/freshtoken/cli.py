@@ -21,12 +21,35 @@ if TYPE_CHECKING:
 # A one-shot command over several accounts ends with the worst outcome.
 SEVERITY = {0: 0, 75: 1, 1: 2, 78: 3}
 
+EXIT_CODES = """\
+exit codes:
+  0    success
+  1    failed: the server refused (e.g. invalid_grant: log in again), a rotated refresh token could
+       not be saved, no valid token (get), login failed, another daemon holds the state dir,
+       an account's state cannot be read (status)
+  2    bad command line (unknown option or account)
+  75   temporary, try again later: network, timeout, HTTP 5xx or 429, or the state dir cannot be
+       written (full disk, permissions; the message names the path)
+  78   config error: the message names the file, the line, the key and the problem
+  130  interrupted (Ctrl-C)"""
+
+GET_LOOKS = """\
+where get looks: --token-dir DIR, else $FRESHTOKEN_TOKEN_DIR, else $RUNTIME_DIRECTORY, else the token_dir of
+-c CONFIG, else $XDG_RUNTIME_DIR/freshtoken (or /run/user/$UID/freshtoken), then /run/freshtoken.
+get reads only the token file ACCOUNT.json there: no network, no state, no secrets."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     import argparse
     import functools
 
-    parser = argparse.ArgumentParser(prog="freshtoken", description="Keep OAuth 2.0 access tokens fresh in files.")
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="freshtoken",
+        description="Keep OAuth 2.0 access tokens fresh in files.",
+        epilog=EXIT_CODES + "\n\n`freshtoken COMMAND --help` describes each command.",
+        formatter_class=formatter,
+    )
     parser.add_argument(
         "-c",
         "--config",
@@ -38,35 +61,58 @@ def build_parser() -> argparse.ArgumentParser:
     # -c and -v also work after the command (`freshtoken status -c FILE`); SUPPRESS keeps
     # the subcommand from overwriting a value given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", metavar="CONFIG", default=argparse.SUPPRESS, help="config file")
+    common.add_argument(
+        "-c", "--config", metavar="CONFIG", default=argparse.SUPPRESS, help="config file (default: see `freshtoken --help`)"
+    )
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser = functools.partial(sub.add_parser, parents=[common])  # type: ignore[method-assign]
+    sub.add_parser = functools.partial(sub.add_parser, parents=[common], epilog=EXIT_CODES, formatter_class=formatter)  # type: ignore[method-assign]
 
-    sub.add_parser("run", help="the daemon, in the foreground (systemd runs it)")
+    sub.add_parser(
+        "run",
+        help="the daemon, in the foreground (systemd runs it)",
+        description="Keep every account's token fresh until SIGTERM; SIGHUP reloads the config, SIGUSR1 refreshes all now."
+        " Refuses to start (exit 78) on what check-config refuses.",
+    )
 
     login = sub.add_parser("login", help="log in through the browser and store the refresh token")
-    login.add_argument("account")
+    login.add_argument("account", metavar="ACCOUNT", help="the account to log in, as named under accounts: in the config")
     login.add_argument("--no-browser", action="store_true", help="print the URL instead of opening a browser")
     login.add_argument("--manual", action="store_true", help="paste the redirected URL instead of listening (headless hosts)")
     login.add_argument("--timeout", type=_duration, default=300, metavar="S", help="give up after this long (default 5m)")
 
     refresh = sub.add_parser("refresh", help="refresh now, then exit")
-    refresh.add_argument("accounts", nargs="*", metavar="ACCOUNT")
+    refresh.add_argument("accounts", nargs="*", metavar="ACCOUNT", help="accounts to refresh (default: all of them)")
     refresh.add_argument("--if-needed", action="store_true", help="only accounts whose token is inside the refresh margin")
 
-    get = sub.add_parser("get", help="print the current token (reads only the token dir)")
-    get.add_argument("account")
-    get.add_argument("--format", choices=("raw", "json", "header", "env"), default="raw")
+    get = sub.add_parser("get", help="print the current token (reads only the token dir)", epilog=GET_LOOKS + "\n\n" + EXIT_CODES)
+    get.add_argument("account", metavar="ACCOUNT", help="the account whose access token to print")
+    get.add_argument(
+        "--format",
+        choices=("raw", "json", "header", "env"),
+        default="raw",
+        help="raw: the token alone; json: token, type, expiry and scope; header: `Authorization: Bearer ...`;"
+        " env: ACCESS_TOKEN=... (default raw)",
+    )
     get.add_argument(
         "--min-valid", type=_duration, default=0, metavar="DURATION", help="fail unless the token is valid for at least this long"
     )
-    get.add_argument("--token-dir", metavar="DIR")
+    get.add_argument("--token-dir", metavar="DIR", help="read the token from DIR, overriding every default (see below)")
 
-    status = sub.add_parser("status", help="per account: state, expiry, last refresh, last error")
-    status.add_argument("--json", action="store_true")
+    status = sub.add_parser(
+        "status",
+        help="per account: state, expiry, last refresh, last error",
+        description="Read the state dir (never the network, never a secret, no writes) and show each account."
+        " Exit 1 if an account's state cannot be read (its row says why), else 0.",
+    )
+    status.add_argument("--json", action="store_true", help="print a JSON list, one object per account, instead of the table")
 
-    sub.add_parser("check-config", help="validate the config and print what it would do")
+    sub.add_parser(
+        "check-config",
+        help="validate the config and print what it would do",
+        description="Check the config and every directory freshtoken will write (creating the state and token dirs),"
+        " then print the plan. `run` makes the same checks before it starts.",
+    )
 
     demo = sub.add_parser("demo", help="the daemon against a built-in loopback authorization server")
     demo.add_argument("--duration", type=_duration, default=None, metavar="D", help="stop after this long (default: until Ctrl-C)")
@@ -120,8 +166,9 @@ def main(
         _silence_stdout()
         return 0
     except OSError as exc:
-        # e.g. stdout closed (`freshtoken get x >&-`): say so in one line, no traceback
-        print(f"freshtoken: {exc.strerror or exc}", file=err)
+        # e.g. stdout closed (`freshtoken get x >&-`): say so in one line, no traceback, naming the file if any
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"freshtoken: {where}{exc.strerror or exc}", file=err)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -131,26 +178,34 @@ class _GetArgs:
     """The namespace argparse would give a plain `get` command line."""
 
     command = "get"
-    config = None
     verbose = 0
 
-    def __init__(self, account: str, format: str, min_valid: int, token_dir: str | None) -> None:
-        self.account, self.format, self.min_valid, self.token_dir = account, format, min_valid, token_dir
+    def __init__(self, account: str, format: str, min_valid: int, token_dir: str | None, config: str | None) -> None:
+        self.account, self.format, self.min_valid, self.token_dir, self.config = account, format, min_valid, token_dir, config
+
+
+GET_OPTIONS = {"-c": "--config", "--config": "--config", "--format": "--format", "--min-valid": "--min-valid", "--token-dir": "--token-dir"}
 
 
 def _plain_get(argv: list[str]) -> _GetArgs | None:
-    """`get ACCOUNT [--format F] [--min-valid D] [--token-dir DIR]` read without argparse, whose import
-    costs more than the whole of `get`; None for anything else (argparse then parses it, or explains)."""
+    """`[-c CONFIG] get ACCOUNT [--format F] [--min-valid D] [--token-dir DIR] [-c CONFIG]` read without
+    argparse, whose import costs more than the whole of `get`; None for anything else (argparse then
+    parses it, or explains)."""
+    values: dict[str, str] = {}
+    if argv[:1] in (["-c"], ["--config"]) and len(argv) > 2 and not argv[1].startswith("-"):
+        values["--config"], argv = argv[1], argv[2:]
+    elif argv[:1] and argv[0].startswith("--config="):
+        values["--config"], argv = argv[0].partition("=")[2], argv[1:]
     if not argv or argv[0] != "get":
         return None
-    values: dict[str, str] = {}
     account = None
     rest = iter(argv[1:])
     for word in rest:
         if word.startswith("-"):
             name, equals, value = word.partition("=")
-            if name not in ("--format", "--min-valid", "--token-dir"):
+            if name not in GET_OPTIONS or name == "-c" and equals:
                 return None
+            name = GET_OPTIONS[name]
             if not equals:
                 value = next(rest, "-")
                 if value.startswith("-"):
@@ -175,7 +230,7 @@ def _plain_get(argv: list[str]) -> _GetArgs | None:
                 min_valid = parse_duration(text)
             except ValueError:
                 return None  # argparse says what is wrong
-    return _GetArgs(account, fmt, min_valid, values.get("--token-dir"))
+    return _GetArgs(account, fmt, min_valid, values.get("--token-dir"), values.get("--config"))
 
 
 def _silence_stdout() -> None:
@@ -190,11 +245,12 @@ def _silence_stdout() -> None:
 
 
 def cmd_get(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
-    from freshtoken.reader import get
+    from freshtoken.reader import get, token_dir_from_config
 
     config_token_dir = None
     if args.config and not args.token_dir:
-        config_token_dir = str(_load_config(args, environ, secrets=False).token_dir)
+        # The line scanner answers for a plain config at a fraction of yaml's import cost; the full parse, when unsure.
+        config_token_dir = token_dir_from_config(args.config, environ) or str(_load_config(args, environ, secrets=False).token_dir)
     data = get(
         args.account,
         fmt=args.format,
@@ -232,15 +288,17 @@ def cmd_refresh(args: argparse.Namespace, environ: Mapping[str, str], out: IO[st
 def cmd_status(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
     import json
 
-    from freshtoken.status import describe, render_table
+    from freshtoken.status import describe, render_header, render_table
 
     config = _load_config(args, environ, secrets=False)
     rows = describe(config)
     if args.json:
         print(json.dumps(rows, indent=2), file=out)
     else:
+        print(render_header(config), file=out)
         print(render_table(rows), file=out)
-    return 0
+    # A row that could not be described is a failure a script should see; expired or needs-login rows are answers.
+    return 1 if any(row["state"] == "error" for row in rows) else 0
 
 
 def cmd_check_config(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
@@ -255,10 +313,17 @@ def cmd_check_config(args: argparse.Namespace, environ: Mapping[str, str], out: 
 
 def cmd_run(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
     from freshtoken.daemon import run
+    from freshtoken.status import validate
 
-    config = _load_config(args, environ)
+    def load() -> Any:
+        # The checks check-config makes, at start and on every reload: a config it refuses is exit 78 here too.
+        config = _load_config(args, environ)
+        validate(config)
+        return config
+
+    config = load()
     _setup_logging(args.verbose + 1, environ, err)
-    return run(config, config_loader=lambda: _load_config(args, environ))
+    return run(config, config_loader=load)
 
 
 def cmd_login(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:

@@ -22,8 +22,11 @@ from freshtoken.errors import ConfigError
 from freshtoken.formats import FORMATS
 from freshtoken.model import Secret
 from freshtoken.providers import PRESETS
+from freshtoken.reader import SYSTEM_STATE_DIR, default_token_dir, is_system_config
 
-ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# The first character is a letter or digit: freshtoken's own files in the state and token dirs
+# (`.freshtoken-tmp-*`, swept at start-up) start with a dot, so no account's file can look like one.
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 VARIABLE = re.compile(r"\$\{([^}]*)\}")
 _PARENT_KEY = re.compile(r"(\.[^.\[]*|\[\d+\])$")  # accounts.a.outputs[0] -> accounts.a.outputs -> accounts.a
@@ -116,6 +119,8 @@ class Config:
     # a server answering expires_in 1 (or 0.01) must not turn freshtoken into a load generator.
     min_refresh_interval: float = 10.0
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # Keys whose ${VAR} was left as written (a lenient load for `status`): their values are not the real ones.
+    unresolved: frozenset[str] = field(default=frozenset(), compare=False)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def error(self, key: str, problem: str) -> ConfigError:
@@ -418,6 +423,13 @@ class _Context:
     environ: Mapping[str, str]
     lines: Mapping[str, int]
     lenient: bool = False  # leave a missing ${VAR} as written (read-only commands)
+    unresolved: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, key: str, problem: str) -> None:
+        """A warning in the same `file:line: key: problem` form as a ConfigError."""
+        line = line_of(self.lines, key)
+        self.warnings.append(f"{self.file}:{line}: {key}: {problem}" if line else f"{self.file}: {key}: {problem}")
 
     def error(self, key: str, problem: str) -> ConfigError:
         # Keys come from the file: escape a newline in one so the message stays a single line.
@@ -431,6 +443,7 @@ class _Context:
                 raise self.error(key, f"${{{name}}} is not a valid variable name")
             if name not in self.environ:
                 if self.lenient:
+                    self.unresolved.add(key)
                     return match.group(0)
                 raise self.error(key, f"environment variable {name} is not set")
             return self.environ[name]
@@ -446,7 +459,7 @@ def parse(doc: Any, file: str, environ: Mapping[str, str], *, lines: Mapping[str
     if doc is None:
         raise ctx.error("", "the file is empty")
     top = _Reader(doc, "", ctx, TOP_KEYS)
-    state_dir = top.string("state_dir") or _default_state_dir(environ, ctx)
+    state_dir = top.string("state_dir") or _default_state_dir(environ, file)
     token_dir = top.string("token_dir") or _default_token_dir(environ, ctx)
     for key, value in (("state_dir", state_dir), ("token_dir", token_dir)):
         if not os.path.isabs(value):
@@ -468,14 +481,14 @@ def parse(doc: Any, file: str, environ: Mapping[str, str], *, lines: Mapping[str
         raise ctx.error("accounts", "no accounts defined")
     accounts = {}
     for name in accounts_reader.doc:
-        if not ACCOUNT_NAME.fullmatch(name) or name in (".", ".."):
-            raise ctx.error(f"accounts.{name}", "account names may use only letters, digits, '_', '.' and '-'")
+        if not ACCOUNT_NAME.fullmatch(name):
+            raise ctx.error(f"accounts.{name}", "account names start with a letter or digit and use only letters, digits, '_', '.' and '-'")
         accounts[name] = _parse_account(name, accounts_reader.doc[name], ctx)
     warnings = tuple(
         f"{file}: accounts.{name}.redirect_uri: Spotify refuses localhost; register and use http://127.0.0.1:PORT/... instead"
         for name, account in accounts.items()
         if account.provider == "spotify" and "://localhost" in account.redirect_uri.lower()
-    )
+    ) + tuple(ctx.warnings)
     return Config(
         file=file,
         state_dir=Path(state_dir),
@@ -490,6 +503,7 @@ def parse(doc: Any, file: str, environ: Mapping[str, str], *, lines: Mapping[str
         read_timeout=float(read_timeout),
         min_refresh_interval=float(min_refresh_interval),
         warnings=warnings,
+        unresolved=frozenset(ctx.unresolved),
         lines=dict(ctx.lines),
     )
 
@@ -614,6 +628,8 @@ def _parse_mode(o: _Reader, ctx: _Context) -> int:
         raise ctx.error(o.key("mode"), f"{mode:04o} would not let even the owner read the file")
     if mode & 0o002:
         raise ctx.error(o.key("mode"), f"{mode:04o} makes a token world-writable")
+    if mode & 0o004:
+        ctx.warn(o.key("mode"), f"{mode:04o} lets every user on this host read the token (use 0640 with group:, or 0600)")
     return mode
 
 
@@ -624,7 +640,21 @@ def _listen_address(top: _Reader) -> tuple[str, int] | None:
     match = re.fullmatch(r"\[?([0-9A-Za-z.:-]+?)\]?:(\d{1,5})", value)
     if not match or not 0 < int(match.group(2)) < 65536:
         raise top.ctx.error("metrics_listen", f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
-    return match.group(1), int(match.group(2))
+    host = match.group(1)
+    if not _is_loopback(host):
+        top.ctx.warn("metrics_listen", f"{host} is not a loopback address: the metrics are served to the network (use 127.0.0.1:PORT)")
+    return host, int(match.group(2))
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
 
 
 def _check_url(r: _Reader, name: str, value: str) -> None:
@@ -632,9 +662,11 @@ def _check_url(r: _Reader, name: str, value: str) -> None:
         raise r.ctx.error(r.key(name), f"{value!r} is not an http(s) URL")
 
 
-def _default_state_dir(environ: Mapping[str, str], ctx: _Context) -> str:
+def _default_state_dir(environ: Mapping[str, str], file: str) -> str:
     if environ.get("STATE_DIRECTORY"):
         return environ["STATE_DIRECTORY"].split(":")[0]
+    if is_system_config(file):
+        return SYSTEM_STATE_DIR  # a reader of the system install looks where the service keeps its state
     if environ.get("XDG_STATE_HOME"):
         return os.path.join(environ["XDG_STATE_HOME"], "freshtoken")
     if os.geteuid() == 0:
@@ -643,13 +675,13 @@ def _default_state_dir(environ: Mapping[str, str], ctx: _Context) -> str:
 
 
 def _default_token_dir(environ: Mapping[str, str], ctx: _Context) -> str:
-    if environ.get("RUNTIME_DIRECTORY"):
-        return environ["RUNTIME_DIRECTORY"].split(":")[0]
-    if environ.get("XDG_RUNTIME_DIR"):
-        return os.path.join(environ["XDG_RUNTIME_DIR"], "freshtoken")
-    if os.geteuid() == 0:
-        return "/run/freshtoken"
-    raise ctx.error("token_dir", "not set, and neither $RUNTIME_DIRECTORY nor $XDG_RUNTIME_DIR gives a default")
+    directory = default_token_dir(environ, ctx.file)
+    if directory is None:
+        raise ctx.error(
+            "token_dir",
+            f"not set, and none of $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR or /run/user/{os.geteuid()} gives a default",
+        )
+    return directory
 
 
 def _home_path(environ: Mapping[str, str], sub: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from freshtoken.errors import TokenUnavailable
+from freshtoken.errors import TokenUnavailable, UsageError
 from freshtoken.formats import render_values
 
 TYPE_CHECKING = False
@@ -17,6 +17,41 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 SYSTEM_TOKEN_DIR = "/run/freshtoken"
+SYSTEM_STATE_DIR = "/var/lib/freshtoken"
+SYSTEM_CONFIG = "/etc/freshtoken/config.yaml"
+USER_RUNTIME = "/run/user"  # where logind makes each user's $XDG_RUNTIME_DIR; it exists without a session too (lingering)
+MAX_TOKEN_FILE = 4 << 20  # a token file is a few KB (the daemon takes answers up to 1 MiB); more is not ours
+
+
+def is_system_config(file: str | None) -> bool:
+    """True for /etc/freshtoken/config.yaml: the system service's config, whose dirs are systemd's."""
+    return file is not None and os.path.abspath(file) == SYSTEM_CONFIG
+
+
+def user_runtime_dir(environ: Mapping[str, str], *, euid: int | None = None, base: str = USER_RUNTIME) -> str | None:
+    """$XDG_RUNTIME_DIR, else /run/user/$UID when it exists (cron, su and sudo -u do not set the variable)."""
+    if environ.get("XDG_RUNTIME_DIR"):
+        return environ["XDG_RUNTIME_DIR"]
+    euid = os.geteuid() if euid is None else euid
+    candidate = os.path.join(base, str(euid))
+    return candidate if euid != 0 and os.path.isdir(candidate) else None
+
+
+def default_token_dir(
+    environ: Mapping[str, str], config_file: str | None = None, *, euid: int | None = None, base: str = USER_RUNTIME
+) -> str | None:
+    """The token dir of a config that sets no token_dir; None when nothing gives one."""
+    runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]  # systemd: a colon-separated list; ours is first
+    if runtime:
+        return runtime
+    if is_system_config(config_file):
+        return SYSTEM_TOKEN_DIR  # where the service's RuntimeDirectory= is, whoever reads it
+    user = user_runtime_dir(environ, euid=euid, base=base)
+    if user:
+        return os.path.join(user, "freshtoken")
+    if (os.geteuid() if euid is None else euid) == 0:
+        return SYSTEM_TOKEN_DIR
+    return None
 
 
 def candidate_dirs(environ: Mapping[str, str], explicit: str | None, config_token_dir: str | None) -> list[tuple[str, bool]]:
@@ -26,8 +61,9 @@ def candidate_dirs(environ: Mapping[str, str], explicit: str | None, config_toke
         if value:
             return [(value, True)]
     dirs = []
-    if environ.get("XDG_RUNTIME_DIR"):
-        dirs.append((os.path.join(environ["XDG_RUNTIME_DIR"], "freshtoken"), False))
+    user = user_runtime_dir(environ)
+    if user:
+        dirs.append((os.path.join(user, "freshtoken"), False))
     dirs.append((SYSTEM_TOKEN_DIR, False))
     return dirs
 
@@ -45,17 +81,22 @@ def read_token(path: str, account: str) -> tuple[str, str, float, str | None]:
     """(access token, token type, expires_at, scope) from a token dir's .json file."""
     try:
         with open(path, "rb") as handle:
-            data = _loads(handle.read())
-        scope = data.get("scope")
-        expires_at = float(data["expires_at"])  # type: ignore[arg-type]
-        if not -1e15 < expires_at < 1e15:  # also false for NaN
-            raise ValueError("expires_at out of range")
-        return (
-            str(data["access_token"]),
-            str(data.get("token_type") or "Bearer"),
-            expires_at,
-            scope if isinstance(scope, str) else None,
+            raw = handle.read(MAX_TOKEN_FILE + 1)
+        if len(raw) > MAX_TOKEN_FILE:
+            raise ValueError("too big")
+        data = _loads(raw)
+        # Only what the daemon writes passes: anything else is damage, and must not be printed as a token.
+        value, token_type, scope, expires_at = (
+            data["access_token"],
+            data.get("token_type") or "Bearer",
+            data.get("scope"),
+            data["expires_at"],
         )
+        if not (isinstance(value, str) and value and isinstance(token_type, str)):
+            raise ValueError("wrong types")
+        if isinstance(expires_at, bool) or not isinstance(expires_at, int | float) or not -1e15 < expires_at < 1e15:  # also NaN
+            raise ValueError("expires_at out of range")
+        return value, token_type, float(expires_at), scope if isinstance(scope, str) else None
     except FileNotFoundError:
         raise TokenUnavailable(f"no token for {account!r}: {path} does not exist (is the daemon running?)") from None
     except PermissionError:
@@ -63,7 +104,7 @@ def read_token(path: str, account: str) -> tuple[str, str, float, str | None]:
         raise TokenUnavailable(f"cannot read {path}: permission denied ({hint})") from None
     except OSError as exc:
         raise TokenUnavailable(f"cannot read {path}: {exc.strerror}") from None
-    except (ValueError, KeyError, TypeError, OverflowError):
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):  # RecursionError: [[[[... nested a million deep
         raise TokenUnavailable(f"{path} is not a freshtoken token file") from None
 
 
@@ -119,6 +160,8 @@ def get(
     """The bytes to print for `account`, or TokenUnavailable (exit 1)."""
     environ = os.environ if environ is None else environ
     now = time.time() if now is None else now
+    if not (account[:1].isalnum() and account.isascii() and all(c.isalnum() or c in "_.-" for c in account)):
+        raise UsageError(f"{account!r} is not an account name (a letter or digit, then letters, digits, '_', '.' and '-')")
     path = find_token_file(account, candidate_dirs(environ, token_dir, config_token_dir))
     value, token_type, expires_at, scope = read_token(path, account)
     left = expires_at - now
@@ -129,3 +172,107 @@ def get(
             raise TokenUnavailable(f"the token for {account!r} expired {humanize(-left)} ago; check `freshtoken status`")
         raise TokenUnavailable(f"the token for {account!r} is valid for {humanize(left)} only, less than --min-valid {humanize(min_valid)}")
     return render_values(fmt, value, token_type, expires_at, scope, account)
+
+
+# The config's top-level keys (config.TOP_KEYS; a test keeps the two equal). Another key makes the scanner unsure.
+TOP_KEYS = frozenset(
+    (
+        "state_dir",
+        "token_dir",
+        "refresh_margin",
+        "metrics_listen",
+        "workers",
+        "backoff_max",
+        "hook_timeout",
+        "connect_timeout",
+        "read_timeout",
+        "min_refresh_interval",
+        "accounts",
+    )
+)
+# Line breaks str.split("\n") and YAML disagree about (a lone CR; NEL, LS, PS in YAML 1.1), a BOM, and
+# tabs: a file holding one is left to the full parser.
+_UNSURE_CHARS = "\r\x85\u2028\u2029\ufeff\t"
+
+
+def token_dir_from_config(file: str, environ: Mapping[str, str]) -> str | None:
+    """The token dir the config at `file` gives, read by a small line scanner; None when unsure.
+
+    `get -c CONFIG` needs only this, and importing yaml and the config module costs 3x
+    Python's own start-up. The scanner accepts only a block-mapping document whose
+    top-level lines it fully understands; for anything else (None) the caller runs the
+    full parser, which also gives the error message for a broken file.
+    """
+    try:
+        with open(file, "rb") as handle:
+            text = handle.read(MAX_TOKEN_FILE + 1).decode("utf-8").replace("\r\n", "\n")
+    except (OSError, ValueError):
+        return None
+    if len(text) > MAX_TOKEN_FILE or any(c in text for c in _UNSURE_CHARS):
+        return None
+    top: dict[str, str] = {}
+    previous = None
+    for line in text.split("\n"):
+        body = _strip_comment(line)
+        if body is None:
+            return None  # a quote left open: a multi-line scalar could hold a line that looks top-level
+        if not body.strip():
+            continue
+        if line[0] == " ":
+            if previous == "token_dir":
+                return None  # token_dir continued on an indented line: a nested value or a folded scalar
+            continue
+        if body.rstrip() == "---" and not top:
+            continue
+        key, colon, value = body.partition(":")
+        value = value.strip()
+        if key not in TOP_KEYS or key in top or not colon or body[len(key) + 1 : len(key) + 2] not in ("", " "):
+            return None  # not a known `key: value` once (a directive, list, flow mapping, duplicate key, ...)
+        if value[:1] in ("'", '"'):
+            if len(value) < 2 or value[-1] != value[0] or value[0] in value[1:-1] or "\\" in value:
+                return None  # an escape or a quote inside: let the real parser read it
+        elif value[:1] in tuple("-?:,[]{}#&*!|>%@`") or ": " in value or value.endswith(":"):
+            return None  # an indicator (anchor, alias, tag, flow collection, block scalar) or a YAML error
+        top[key] = value
+        previous = key
+    if top.get("accounts", "-") != "":
+        return None  # no accounts mapping below `accounts:`: the full parser says what is wrong
+    value = top.get("token_dir", "")
+    if value in ("", "~", "null", "Null", "NULL", '""', "''"):
+        return default_token_dir(environ, file)
+    expanded = _expand(value[1:-1] if value[0] in "'\"" else value, environ)
+    if expanded is None or not expanded.startswith("/") or "\0" in expanded:
+        return None  # the full parser explains
+    return expanded
+
+
+def _strip_comment(line: str) -> str | None:
+    """`line` without its comment; None when it ends inside a quoted string."""
+    quote = None
+    escaped = False
+    for index, char in enumerate(line):
+        if escaped:
+            escaped = False
+        elif quote:
+            if char == "\\" and quote == '"':
+                escaped = True
+            elif char == quote:
+                quote = None
+        elif char in "'\"" and (index == 0 or line[index - 1] in " :[{,-"):
+            quote = char
+        elif char == "#" and (index == 0 or line[index - 1] == " "):
+            return line[:index]
+    return None if quote else line
+
+
+def _expand(value: str, environ: Mapping[str, str]) -> str | None:
+    """${VAR} expanded as config.py does it; None for anything it would refuse or leave as written."""
+    out = []
+    rest = value
+    while "${" in rest:
+        before, _, after = rest.partition("${")
+        name, closed, rest = after.partition("}")
+        if not closed or not name.isidentifier() or not name.isascii() or name not in environ:
+            return None
+        out += [before, environ[name]]
+    return "".join([*out, rest])

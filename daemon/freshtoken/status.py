@@ -2,62 +2,158 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from freshtoken.config import Config
+from freshtoken.config import Account, Config
 from freshtoken.durations import format_duration, humanize
+from freshtoken.errors import FreshtokenError
 from freshtoken.fsutil import ensure_dir, probe_writable, resolve_group
+from freshtoken.model import AccountState
 from freshtoken.outputs import all_outputs
 from freshtoken.refresh import apply_seed, lifetime
-from freshtoken.store import STATE_DIR_MODE, Store
+from freshtoken.store import STATE_DIR_MODE
 from freshtoken.timing import effective_margin, token_state
 
 WARN_BEFORE_RT_EXPIRY = 14 * 86400
+# Any stored time outside [1970, 9999] is damage: datetime cannot show it and int() of an infinity raises.
+LATEST = 253402300799.0
+MAX_STATE_FILE = 1 << 20  # a state file is a few KB
+
+
+class Unusable(ValueError):
+    """A state file the current code cannot use; the message is safe to show (it names no value)."""
 
 
 def describe(config: Config, now: float | None = None) -> list[dict[str, Any]]:
-    """One row per account, from the state dir alone (no network, no lock, no writes)."""
+    """One row per account, from the state dir alone (no network, no lock, no writes).
+
+    Whatever one account's state file holds, its row says so (state `error`) and the others go on.
+    """
     import time
 
     now = time.time() if now is None else now
-    store = Store(config.state_dir)
     rows = []
     for account in config.accounts.values():
-        state = apply_seed(account, store.load(account.name), now)
-        access = state.access
-        margin = effective_margin(config.margin_for(account), lifetime(state))
-        condition = token_state(access.expires_at if access else None, margin, now=now)
-        needs_login = state.needs_login or (account.grant == "refresh_token" and state.refresh_token is None)
-        if needs_login:
-            condition = "needs-login"
-        rt_left = state.refresh_token_expires_at - now if state.refresh_token_expires_at else None
-        rows.append(
-            {
-                "account": account.name,
-                "state": condition,
-                "expires_at": int(access.expires_at) if access else None,
-                "expires_in": int(access.expires_at - now) if access else None,
-                "last_refresh": state.last_refresh,
-                "refresh_token_obtained_at": state.refresh_token_obtained_at,
-                "refresh_token_expires_at": state.refresh_token_expires_at,
-                "refresh_token_expires_in": int(rt_left) if rt_left is not None else None,
-                "refresh_token_expiring_soon": rt_left is not None and rt_left < WARN_BEFORE_RT_EXPIRY,
-                "last_error": state.last_error,
-                "last_error_at": state.last_error_at,
-                "has_refresh_token": state.refresh_token is not None,
-                "login_command": f"freshtoken login {account.name}" if needs_login else None,
-            }
-        )
+        path = config.state_dir / f"{account.name}.json"
+        try:
+            rows.append(_describe_one(config, account, read_state(path), now))
+        except Exception as exc:  # noqa: BLE001 (one odd state file must not hide the other accounts)
+            reason = str(exc) if isinstance(exc, Unusable | FreshtokenError) else f"{path} cannot be used ({type(exc).__name__})"
+            rows.append(_error_row(config, account, reason))
     return rows
+
+
+def read_state(path: Path) -> AccountState:
+    """The stored state, read-only: unlike Store.load, a damaged file is reported (Unusable), never moved."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_STATE_FILE + 1)
+    except FileNotFoundError:
+        return AccountState()
+    except PermissionError:
+        raise Unusable(f"cannot read {path}: permission denied ({_owner_hint(path.parent)})") from None
+    except OSError as exc:
+        raise Unusable(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    try:
+        if len(raw) > MAX_STATE_FILE:
+            raise ValueError("too big")
+        state = AccountState.from_json(json.loads(raw))
+    except (ValueError, TypeError, KeyError, RecursionError):
+        raise Unusable(f"{path} is damaged (not a state file this version can read)") from None
+    times = {
+        "expires_at": state.access.expires_at if state.access else None,
+        "last_refresh": state.last_refresh,
+        "last_error_at": state.last_error_at,
+        "refresh_token_obtained_at": state.refresh_token_obtained_at,
+        "refresh_token_expires_at": state.refresh_token_expires_at,
+    }
+    for name, value in times.items():
+        if value is not None and not 0 <= value <= LATEST:  # also false for NaN
+            raise Unusable(f"{path}: {name} is out of range")
+    if state.last_error is not None and not isinstance(state.last_error, str):
+        raise Unusable(f"{path}: last_error is not text")
+    return state
+
+
+def _owner_hint(directory: Path) -> str:
+    """A reader of the system install is not the daemon's user: say whose state it is and how to read the token."""
+    import pwd
+
+    try:
+        owner = pwd.getpwuid(directory.stat().st_uid).pw_name
+    except (OSError, KeyError):
+        owner = "the daemon's user"
+    return f"the state belongs to {owner}: `sudo -u {owner} freshtoken status`; `freshtoken get` reads the token itself"
+
+
+def _describe_one(config: Config, account: Account, state: AccountState, now: float) -> dict[str, Any]:
+    if not (f"accounts.{account.name}.refresh_token" in config.unresolved and state.refresh_token is not None):
+        # A ${VAR} seed left unexpanded (status runs without the secrets) says nothing about the stored
+        # token: comparing its text with the state's seed would wrongly see a new seed and restart its clock.
+        state = apply_seed(account, state, now)
+    access = state.access
+    margin = effective_margin(config.margin_for(account), lifetime(state))
+    condition = token_state(access.expires_at if access else None, margin, now=now)
+    needs_login = state.needs_login or (account.grant == "refresh_token" and state.refresh_token is None)
+    if needs_login:
+        condition = "needs-login"
+    rt_left = state.refresh_token_expires_at - now if state.refresh_token_expires_at else None
+    return {
+        "account": account.name,
+        "state": condition,
+        "expires_at": int(access.expires_at) if access else None,
+        "expires_in": int(access.expires_at - now) if access else None,
+        "last_refresh": state.last_refresh,
+        "refresh_token_obtained_at": state.refresh_token_obtained_at,
+        "refresh_token_expires_at": state.refresh_token_expires_at,
+        "refresh_token_expires_in": int(rt_left) if rt_left is not None else None,
+        "refresh_token_expiring_soon": rt_left is not None and rt_left < WARN_BEFORE_RT_EXPIRY,
+        "last_error": state.last_error,
+        "last_error_at": state.last_error_at,
+        "has_refresh_token": state.refresh_token is not None,
+        "login_command": f"freshtoken login {account.name}" if needs_login else None,
+        "state_file": str(config.state_dir / f"{account.name}.json"),
+        "token_file": str(config.token_dir / f"{account.name}.json"),
+    }
+
+
+def _error_row(config: Config, account: Account, reason: str) -> dict[str, Any]:
+    return {
+        "account": account.name,
+        "state": "error",
+        "error": reason,
+        "expires_at": None,
+        "expires_in": None,
+        "last_refresh": None,
+        "refresh_token_obtained_at": None,
+        "refresh_token_expires_at": None,
+        "refresh_token_expires_in": None,
+        "refresh_token_expiring_soon": False,
+        "last_error": None,
+        "last_error_at": None,
+        "has_refresh_token": None,
+        "login_command": None,
+        "state_file": str(config.state_dir / f"{account.name}.json"),
+        "token_file": str(config.token_dir / f"{account.name}.json"),
+    }
+
+
+def render_header(config: Config) -> str:
+    """Which files `status` read: a reader of the system install must see that it looks at the service's dirs."""
+    return f"config     {config.file}\nstate dir  {config.state_dir}\ntoken dir  {config.token_dir}\n"
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
     header = ("ACCOUNT", "STATE", "EXPIRES IN", "LAST REFRESH", "REFRESH TOKEN", "LAST ERROR")
     lines = [header]
     for row in rows:
+        if row["state"] == "error":
+            lines.append((row["account"], "error", "?", "?", "?", _printable(row["error"])))
+            continue
         rt = row["refresh_token_expires_in"]
         if not row["has_refresh_token"]:
             rt_text = "none"
@@ -72,13 +168,18 @@ def render_table(rows: list[dict[str, Any]]) -> str:
                 humanize(row["expires_in"]) if row["expires_in"] is not None else "-",
                 _when(row["last_refresh"]),
                 rt_text,
-                _shorten(row["last_error"] or "-", 80),
+                _shorten(_printable(row["last_error"] or "-"), 80),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
     hints = [f"{row['account']}: run `{row['login_command']}`" for row in rows if row["login_command"]]
     return "\n".join([text, *hints])
+
+
+def _printable(text: str) -> str:
+    """State files are text from outside: no escape sequence or newline reaches the terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -91,14 +192,31 @@ def _when(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def check_config(config: Config) -> str:
-    """Probe every directory freshtoken will write to; return the plan, or raise ConfigError."""
+def validate(config: Config) -> None:
+    """What the daemon needs beyond a well-formed file: writable dirs, existing groups, the metrics library.
+
+    `check-config` and `run` both call this, so `run` refuses (exit 78) exactly what `check-config` refuses.
+    Creates the state and token dirs as the daemon would; raises ConfigError naming the key.
+    """
     _probe(config, "state_dir", config.state_dir, create_mode=STATE_DIR_MODE)
     _probe(config, "token_dir", config.token_dir, create_mode=0o750)
     for account in config.accounts.values():
         for index, output in enumerate(account.outputs):
             _probe(config, f"accounts.{account.name}.outputs[{index}].path", output.path.parent, create_mode=None)
             _check_group(config, f"accounts.{account.name}.outputs[{index}].group", output.group)
+    if config.metrics_listen:
+        try:
+            import freshtoken.metrics  # noqa: F401 (the import is the check: prometheus_client installed and working)
+        except ImportError:
+            raise config.error(
+                "metrics_listen",
+                "needs prometheus_client, which is not installed (or cannot be imported): pip install 'freshtoken[metrics]'",
+            ) from None
+
+
+def check_config(config: Config) -> str:
+    """validate() the config; return the plan, or raise ConfigError."""
+    validate(config)
     lines = [f"config {config.file}: OK", f"state dir  {config.state_dir}", f"token dir  {config.token_dir}"]
     if config.metrics_listen:
         lines.append(f"metrics    http://{config.metrics_listen[0]}:{config.metrics_listen[1]}/metrics")
@@ -106,7 +224,9 @@ def check_config(config: Config) -> str:
         margin = config.margin_for(account)
         lines.append("")
         lines.append(f"account {account.name}")
-        lines.append(f"  {account.grant} grant at {account.token_url} (client {account.client_id}, auth {account.client_auth})")
+        lines.append(f"  {account.grant} grant at {public_url(account.token_url)} (client {account.client_id}, auth {account.client_auth})")
+        if account.grant == "refresh_token" and account.authorize_url:
+            lines.append(f"  login at {public_url(account.authorize_url)} (redirect {public_url(account.redirect_uri)})")
         lines.append(
             "  refresh "
             + (f"{format_duration(margin)} before expiry" if margin is not None else "10 % of the lifetime (30s to half) before expiry")
@@ -119,6 +239,16 @@ def check_config(config: Config) -> str:
         if account.on_refresh:
             lines.append(f"  then runs {' '.join(account.on_refresh)}")
     return "\n".join(lines)
+
+
+def public_url(url: str) -> str:
+    """`url` without its `user:password@` part: check-config's output is meant to be pasted into tickets."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    # The authority ends at the first / ? or #, and its userinfo at its last @ (as urllib3 splits it).
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    return f"{scheme}://{rest[:end].rpartition('@')[2]}{rest[end:]}"
 
 
 def _probe(config: Config, key: str, directory: Path, create_mode: int | None) -> None:
