@@ -15,9 +15,9 @@ complete -c freshtoken -n '__fish_seen_subcommand_from login' -l no-browser -d '
 complete -c freshtoken -n '__fish_seen_subcommand_from login' -l manual -d 'paste the redirected URL instead of listening (headless hosts)'
 complete -c freshtoken -n '__fish_seen_subcommand_from login' -l timeout -x -d 'give up after this long (default 5m)'
 complete -c freshtoken -n '__fish_seen_subcommand_from refresh' -l if-needed -d 'only accounts whose token is inside the refresh margin'
-complete -c freshtoken -n '__fish_seen_subcommand_from get' -l format -x -a 'raw json header env'
+complete -c freshtoken -n '__fish_seen_subcommand_from get' -l format -x -a 'raw json header env' -d 'raw: the token alone; json: token, type, expiry and scope; header: `Authorization: Bearer ...`; env: ACCESS_TOKEN=... (default raw)'
 complete -c freshtoken -n '__fish_seen_subcommand_from get' -l min-valid -x -d 'fail unless the token is valid for at least this long'
-complete -c freshtoken -n '__fish_seen_subcommand_from get' -l token-dir -r -F
-complete -c freshtoken -n '__fish_seen_subcommand_from status' -l json
+complete -c freshtoken -n '__fish_seen_subcommand_from get' -l token-dir -r -F -d 'read the token from DIR, overriding every default (see below)'
+complete -c freshtoken -n '__fish_seen_subcommand_from status' -l json -d 'print a JSON list, one object per account, instead of the table'
 complete -c freshtoken -n '__fish_seen_subcommand_from demo' -l duration -x -d 'stop after this long (default: until Ctrl-C)'
 complete -c freshtoken -n '__fish_seen_subcommand_from demo' -l lifetime -x -d 'access-token lifetime the demo server issues (default 20s)'
