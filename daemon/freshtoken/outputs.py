@@ -8,12 +8,11 @@ from pathlib import Path
 from freshtoken.config import Account, Output
 from freshtoken.errors import FreshtokenError
 from freshtoken.formats import render
-from freshtoken.fsutil import atomic_write, ensure_dir
+from freshtoken.fsutil import TOKEN_DIR_MODE, atomic_write, ensure_dir
 from freshtoken.model import AccessToken
 
 log = logging.getLogger(__name__)
 
-TOKEN_DIR_MODE = 0o750
 TOKEN_FILE_MODE = 0o640
 
 
