@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -74,20 +75,15 @@ class Store:
             return
         try:
             ensure_dir(self.dir, STATE_DIR_MODE)
+            if stat.S_ISLNK(os.lstat(self.dir).st_mode):
+                raise FreshtokenError(f"state dir {self.dir} is a symbolic link; set state_dir to the real directory")
+            self._check_owner(os.lstat(self.dir).st_uid)  # before open: a 0700 dir of another user cannot be opened
             fd = open_dir(self.dir)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise FreshtokenError(f"state dir {self.dir} is a symbolic link; set state_dir to the real directory") from None
             raise FreshtokenError(f"cannot use state dir {self.dir}: {_reason(exc)}") from None
         try:
             info = os.fstat(fd)
-            euid = os.geteuid()
-            if info.st_uid != euid and euid != 0:
-                owner = _user(info.st_uid)
-                raise FreshtokenError(
-                    f"state dir {self.dir} belongs to {owner} (uid {info.st_uid}), not to uid {euid}; "
-                    f"run freshtoken as its owner: `sudo -u {owner} freshtoken ...`"
-                )
+            self._check_owner(info.st_uid)  # the dir we opened, should it have been swapped since
             mode = info.st_mode & 0o777
             if mode & 0o077:
                 log.warning("state dir %s had mode %04o; tightening to 0700", self.dir, mode)
@@ -99,6 +95,16 @@ class Store:
             os.close(fd)
         clean_stale_temps(self.dir)
         self._ready = True
+
+    def _check_owner(self, uid: int) -> None:
+        """Refuse another user's state dir; root may use any, and keeps its owner on what it creates."""
+        euid = os.geteuid()
+        if uid != euid and euid != 0:
+            owner = _user(uid)
+            raise FreshtokenError(
+                f"state dir {self.dir} belongs to {owner} (uid {uid}), not to uid {euid}; "
+                f"run freshtoken as its owner: `sudo -u {owner} freshtoken ...`"
+            )
 
     def path(self, account: str) -> Path:
         return self.dir / f"{account}.json"
