@@ -116,13 +116,16 @@ class Store:
         path = self.dir / f"{account}.lock"
         busy = self.on_lock_busy
         on_busy = None if busy is None else functools.partial(busy, account)
-        try:
-            with locked_file(path, timeout=self.lock_timeout, owner=self.owner, on_busy=on_busy):
-                yield
-        except TimeoutError:
-            raise TemporaryError(f"{account}: another freshtoken process has held the account lock for {self.lock_timeout:.0f}s") from None
-        except OSError as exc:
-            raise StateWriteError(f"cannot open lock {path}: {_reason(exc)}") from None
+        with contextlib.ExitStack() as stack:
+            try:  # only around taking the lock: errors of the block itself pass through unchanged
+                stack.enter_context(locked_file(path, timeout=self.lock_timeout, owner=self.owner, on_busy=on_busy))
+            except TimeoutError:
+                raise TemporaryError(
+                    f"{account}: another freshtoken process has held the account lock for {self.lock_timeout:.0f}s"
+                ) from None
+            except OSError as exc:
+                raise StateWriteError(f"cannot open lock {path}: {_reason(exc)}") from None
+            yield
 
     def load(self, account: str) -> AccountState:
         """The stored state, read only: never changes anything on disk (`status` and `get` use it).
@@ -169,7 +172,7 @@ class Store:
         self.prepare()
         path = self.path(account)
         try:
-            return PendingWrite(path, STATE_FILE_MODE, owner=self.owner, reserve=RESERVE)
+            return PendingWrite(path, STATE_FILE_MODE, owner=self.owner, reserve=RESERVE, pad=b" ")  # JSON ignores trailing spaces
         except OSError as exc:
             raise StateWriteError(f"cannot write state {path}: {_reason(exc)}") from None
 
@@ -183,7 +186,7 @@ class Store:
     def commit(self, account: str, state: AccountState, *, pending: PendingWrite | None = None, durable_first: bool = True) -> None:
         """As save(), raising the OSError itself; `durable_first` as in PendingWrite.commit."""
         self.prepare()
-        data = json.dumps(state.to_json(), indent=1, sort_keys=True).encode() + b"\n"
+        data = json.dumps(state.to_json(), sort_keys=True).encode() + b"\n"  # no indent: the C encoder, 5x faster
         writer = pending or PendingWrite(self.path(account), STATE_FILE_MODE, owner=self.owner)
         writer.commit(data, durable_first=durable_first)
 
