@@ -92,11 +92,10 @@ class PendingWrite:
     `reserve` bytes of disk are allocated up front: the state is written only
     after the server has answered, and by then the old refresh token is spent,
     so "the disk is full" must be found out before the request, not after.
-    With `pad` (a byte the format ignores at the end, such as JSON's space) a
-    commit fills the reserved space instead of truncating it before the rename,
-    and the old file gets a second name until then: freeing blocks or an inode
-    is what makes a rename over a file slow (a quarter of a millisecond, at
-    times several, on ext4), and commit(durable_first=False) is raced against kills.
+    With `keep_old` the file being replaced gets a second (temp) name until the
+    commit is done: freeing the old inode is what makes a rename over a file
+    slow (0.3 ms median and several ms at times on ext4, against 0.02 ms), and
+    commit(durable_first=False) is raced against process kills.
     """
 
     def __init__(
@@ -107,15 +106,13 @@ class PendingWrite:
         group: str | int | None = None,
         owner: Owner | None = None,
         reserve: int = 0,
-        pad: bytes = b"",
+        keep_old: bool = False,
     ) -> None:
         gid = resolve_group(group)
         uid, default_gid = owner or (-1, -1)
         gid = gid if gid != -1 else default_gid
         self.path = path
         self.temp = _temp_path(path)
-        self.reserved = reserve
-        self.pad = pad
         self.old_link: Path | None = None
         self.fd: int | None = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
@@ -127,7 +124,7 @@ class PendingWrite:
         except BaseException:
             self.discard()
             raise
-        if pad:
+        if keep_old:
             link = _temp_path(path)
             with contextlib.suppress(OSError):  # no old file yet, or no hard links here: only slower
                 os.link(path, link, follow_symlinks=False)
@@ -144,15 +141,14 @@ class PendingWrite:
         fd = self.fd
         if fd is None:
             raise ValueError("PendingWrite already used")
-        padded = not durable_first and bool(self.pad) and self.reserved > len(data)
         try:
-            body = data + self.pad * (self.reserved - len(data)) if padded else data
-            view = memoryview(body)
+            view = memoryview(data)
             offset = 0
             while offset < len(view):
                 offset += os.pwrite(fd, view[offset:], offset)
-            if not padded:
-                os.ftruncate(fd, len(data))  # drop the rest of the reservation
+            # Drop the rest of the reservation now: truncating the file once it is in place
+            # would race with readers (they could see the zeroed tail of a page).
+            os.ftruncate(fd, len(data))
             if durable_first:
                 os.fsync(fd)
             os.replace(self.temp, self.path)
@@ -164,9 +160,6 @@ class PendingWrite:
             if not durable_first:
                 os.fsync(fd)
             fsync_dir(self.path.parent)  # makes the rename itself durable; without it a crash can bring back the old name
-            if padded:
-                # Both lengths are the whole document: no fsync needed for this one.
-                os.ftruncate(fd, len(data))
         finally:
             os.close(fd)
             self._drop_old_link()

@@ -172,7 +172,7 @@ class Store:
         self.prepare()
         path = self.path(account)
         try:
-            return PendingWrite(path, STATE_FILE_MODE, owner=self.owner, reserve=RESERVE, pad=b" ")  # JSON ignores trailing spaces
+            return PendingWrite(path, STATE_FILE_MODE, owner=self.owner, reserve=RESERVE, keep_old=True)
         except OSError as exc:
             raise StateWriteError(f"cannot write state {path}: {_reason(exc)}") from None
 
