@@ -8,7 +8,7 @@ an in-process server that rotates refresh tokens and revokes the grant on
 reuse, a SIGKILL at a seeded random moment of every daemon life, restart at
 once, and after every kill a check of each account against the server's
 request log. The report separates kills that landed in the lost-response
-window (the server rotated, our state fsync had not happened) from every
+window (the server rotated, our state had not been renamed into place) from every
 other outcome, which must cost nothing.
 """
 

@@ -11,7 +11,7 @@ file, the token files and the server's own request log:
 
 - `window`: the server rotated the refresh token but our state still holds
   the one it consumed. The kill landed between the server answering and the
-  state fsync -- the one window no client can close (the answer is lost with
+  state's rename -- the one window no client can close (the answer is lost with
   the process). The grant is lost: the loop logs the account in again (a new
   grant, put in the config as a new seed, as a user would) and counts it.
 - `after_save`: the state holds the new token but the token file still has

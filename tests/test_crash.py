@@ -7,8 +7,10 @@ so the daemon refreshes several times a second and kills land inside refreshes.
 
 There is exactly one window in which a kill costs a grant: after the server
 has rotated the refresh token and before our state file holding the new one
-is fsync'ed. The server's answer dies with the process; no client can close
-that window, only keep it short (the state is saved before anything else).
+is renamed into place (a kill does not lose the page cache, so the fsync that
+follows guards against power loss only). The server's answer dies with the
+process; no client can close that window, only keep it short (the state is
+renamed into place before anything else: bench/crashwindow.py measures it).
 The loop recognises each such kill from the server's request log, logs that
 account in again (as the user would have to) and counts it; every other kill
 must cost nothing. The long run, with figures, is bench/crash.py.
@@ -66,7 +68,7 @@ def test_random_sigkills_never_spend_a_refresh_token_twice(crashed: CrashReport)
 
 
 def test_only_the_lost_response_window_costs_a_login_and_it_is_rare(crashed: CrashReport) -> None:
-    """Kills that cost a grant all landed between the server's answer and the state fsync, and they are rare."""
+    """Kills that cost a grant all landed between the server's answer and the state's rename, and they are rare."""
     assert crashed.relogins == len(crashed.window) + len(crashed.unexplained)
     assert crashed.unexplained == []
     assert len(crashed.window) <= KILLS // 5, crashed.window
@@ -124,7 +126,7 @@ def test_lost_response_is_the_one_window_that_costs_a_grant(auth_server: AuthSer
         held = store.load("acct").refresh_token
         assert held is not None and held.reveal() == auth_server.current_refresh_token(seed) != seed
 
-        # The server rotates, then the answer is lost (as when we are killed before the state fsync):
+        # The server rotates, then the answer is lost (as when we are killed before the state's rename):
         # we still hold the consumed token, and presenting it revokes the grant.
         auth_server.script(drop=True, process=True)
         with pytest.raises(TemporaryError):

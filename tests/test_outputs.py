@@ -326,17 +326,17 @@ def test_clean_stale_temps_removes_only_old_temp_files(tmp_path: Path) -> None:
     """Temp files older than the limit go; young temp files (another writer's) and ordinary files stay."""
     now = 1_800_000_000.0
     files = {
-        f"{TEMP_MARK}a.token.old1": now - 120,
-        f"{TEMP_MARK}a.json.young": now - 5,
+        f"{TEMP_MARK}a.token.0123abcd": now - 120,
+        f"{TEMP_MARK}a.json.89ef4567": now - 5,
         "a.token": now - 10_000,
         "a.json": now - 10_000,
-        f"{TEMP_MARK}b.token.edge": now - 60,
+        f"{TEMP_MARK}b.token.deadbeef": now - 60,
     }
     for name, mtime in files.items():
         (tmp_path / name).write_text("x")
         os.utime(tmp_path / name, (mtime, mtime))
     assert clean_stale_temps(tmp_path, older_than=60, now=now) == 2
-    assert sorted(os.listdir(tmp_path)) == sorted(["a.token", "a.json", f"{TEMP_MARK}a.json.young"])
+    assert sorted(os.listdir(tmp_path)) == sorted(["a.token", "a.json", f"{TEMP_MARK}a.json.89ef4567"])
     assert clean_stale_temps(tmp_path / "missing", now=now) == 0
 
 
@@ -539,7 +539,7 @@ def test_store_prepare_removes_stale_temps(tmp_path: Path) -> None:
     """Temp files a crash left in the state dir are removed at start."""
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    stale = state / f"{TEMP_MARK}spotify.json.dead"
+    stale = state / f"{TEMP_MARK}spotify.json.0000dead"
     stale.write_text("{}")
     os.utime(stale, (time.time() - 3600, time.time() - 3600))
     Store(state).prepare()
@@ -554,10 +554,10 @@ def test_load_of_a_missing_state_is_empty(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("damage", [b"{not json", b"", b"[1, 2]", b'{"access_token": "A", "expires_at": "soon"}', b"\xff\xfe", b'"x"'])
 def test_damaged_state_is_moved_aside(tmp_path: Path, damage: bytes) -> None:
-    """An unreadable state file is moved to <name>.damaged-<time> with its bytes intact, and load starts afresh."""
+    """On the write path an unreadable state file is moved to <name>.damaged-<time> with its bytes intact, and starts afresh."""
     store = Store(tmp_path)
     (tmp_path / "spotify.json").write_bytes(damage)
-    assert store.load("spotify") == AccountState()
+    assert store.load_for_update("spotify") == AccountState()
     assert not (tmp_path / "spotify.json").exists()
     [aside] = [p for p in tmp_path.iterdir() if p.name.startswith("spotify.json.damaged-")]
     assert aside.read_bytes() == damage

@@ -238,12 +238,14 @@ def test_skip_if_valid_for_reads_the_state_after_taking_the_lock(
     path = make_config(seed_line(seed))
     holder = refresher_for(path)
     waiter = refresher_for(path)
+    blocked = threading.Event()
+    waiter.store.on_lock_busy = lambda account: blocked.set()
     account = holder.config.accounts["demo"]
     results = []
     with holder.store.locked("demo"):
         thread = threading.Thread(target=lambda: results.append(waiter.refresh(account, skip_if_valid_for=300)))
         thread.start()
-        time.sleep(0.2)  # let it block on the lock
+        assert blocked.wait(timeout=30)  # it found the lock held, before reading any state
         assert results == []
         # What another process would have done while holding the lock.
         response = holder.client.refresh(account, Secret(seed))

@@ -352,7 +352,7 @@ class Daemon:
     # ------------------------------------------------------------ main loop
 
     def run(self) -> int:
-        with self.store.daemon_lock():
+        with self.store.daemon_lock(self.config.token_dir):
             # A kill mid-write leaves temp files beside the outputs too (the store sweeps the state dir).
             for directory in {self.config.token_dir, *(o.path.parent for a in self.config.accounts.values() for o in a.outputs)}:
                 clean_stale_temps(directory)

@@ -107,30 +107,65 @@ class AccountState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AccountState:
-        """Inverse of to_json; raises ValueError/TypeError/KeyError on a damaged document."""
+        """Inverse of to_json; raises ValueError/TypeError on a document this code cannot use.
+
+        Every number is range-checked: a state written by hand, by a newer
+        version or by an old bug must not turn into a year-55897 expiry later.
+        """
         if not isinstance(data, dict):
             raise ValueError("state is not a JSON object")
+        version = data.get("version", 1)
+        if version != 1:
+            raise ValueError(f"state version {version!r} is not 1 (written by another freshtoken version?)")
         access = None
         if data.get("access_token"):
+            expires_at = _opt_time(data, "expires_at")
+            if expires_at is None:
+                raise ValueError("access_token without expires_at")
             access = AccessToken(
-                access_token=Secret(str(data["access_token"])),
-                token_type=str(data.get("token_type") or "Bearer"),
-                expires_at=float(data["expires_at"]),
-                scope=data.get("scope"),
+                access_token=Secret(_opt_str(data, "access_token") or ""),
+                token_type=_opt_str(data, "token_type") or "Bearer",
+                expires_at=expires_at,
+                scope=_opt_str(data, "scope"),
             )
+        needs_login = data.get("needs_login", False)
+        if not isinstance(needs_login, bool):
+            raise TypeError(f"needs_login is {type(needs_login).__name__}, not true/false")
+        extra = data.get("extra") or {}
+        if not isinstance(extra, dict):
+            raise TypeError("extra is not an object")
         return cls(
-            refresh_token=secret_or_none(data.get("refresh_token")),
-            refresh_token_obtained_at=_opt_float(data.get("refresh_token_obtained_at")),
-            refresh_token_expires_at=_opt_float(data.get("refresh_token_expires_at")),
-            seed=data.get("seed"),
+            refresh_token=secret_or_none(_opt_str(data, "refresh_token")),
+            refresh_token_obtained_at=_opt_time(data, "refresh_token_obtained_at"),
+            refresh_token_expires_at=_opt_time(data, "refresh_token_expires_at"),
+            seed=_opt_str(data, "seed"),
             access=access,
-            last_refresh=_opt_float(data.get("last_refresh")),
-            last_error=data.get("last_error"),
-            last_error_at=_opt_float(data.get("last_error_at")),
-            needs_login=bool(data.get("needs_login", False)),
-            extra=dict(data.get("extra") or {}),
+            last_refresh=_opt_time(data, "last_refresh"),
+            last_error=_opt_str(data, "last_error"),
+            last_error_at=_opt_time(data, "last_error_at"),
+            needs_login=needs_login,
+            extra=extra,
         )
 
 
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+MAX_TIME = 1e11  # epoch seconds in the year 5138: anything later is damage, not a date
+
+
+def _opt_str(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{key} is {type(value).__name__}, not a string")
+    return value
+
+
+def _opt_time(data: dict[str, Any], key: str) -> float | None:
+    """An epoch time in seconds, or None; a bool, a string, NaN, infinity or an absurd year is refused."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{key} is {type(value).__name__}, not a number")
+    if not 0 <= value <= MAX_TIME:  # also false for NaN; compared before float() so a 400-digit int cannot overflow
+        shown = f"{value:.6g}" if isinstance(value, float) or abs(value) < 10**30 else "(a huge number)"
+        raise ValueError(f"{key} {shown} is out of range")
+    return float(value)

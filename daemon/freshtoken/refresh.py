@@ -6,6 +6,7 @@ order: a rotated refresh token is on disk before anything else can fail.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -14,10 +15,19 @@ from pathlib import Path
 
 from freshtoken import outputs
 from freshtoken.config import Account, Config
-from freshtoken.errors import InvalidGrant, RefreshFailed, TemporaryError
+from freshtoken.errors import (
+    FreshtokenError,
+    InvalidGrant,
+    MalformedAnswer,
+    RefreshFailed,
+    RotatedTokenNotSaved,
+    StateWriteError,
+    TemporaryError,
+)
 from freshtoken.formats import UnsafeToken, check_token
+from freshtoken.fsutil import PendingWrite
 from freshtoken.hooks import run_hook
-from freshtoken.model import AccountState, TokenResponse
+from freshtoken.model import AccessToken, AccountState, Secret, TokenResponse
 from freshtoken.oauth import TokenClient
 from freshtoken.store import Store
 from freshtoken.timing import JITTER_SHARE, effective_margin
@@ -31,6 +41,14 @@ Threshold = Callable[[Account, AccountState], float]
 
 def login_hint(account: str) -> str:
     return f"run `freshtoken login {account}` (or set a new refresh_token in the config)"
+
+
+@dataclass(frozen=True, slots=True)
+class Unsaved:
+    """A state holding a rotated refresh token that could not be saved, and the refresh token it replaced."""
+
+    spent: Secret | None
+    state: AccountState
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +74,9 @@ class Refresher:
         self.client = client
         self.clock = clock
         self.hook_runner = hook_runner or self._run_hook_inline
+        # Rotated refresh tokens whose save failed, by account. The Refresher lives as long as
+        # the daemon, so these outlive a full disk; see _save_answer and _load_locked.
+        self.unsaved: dict[str, Unsaved] = {}
 
     # ------------------------------------------------------------ policy helpers
 
@@ -75,10 +96,13 @@ class Refresher:
         (such as `margin` or `scheduled_threshold`), so that callers never read the
         state a second time, outside the lock, only to work out the threshold.
 
-        Raises TemporaryError, InvalidGrant, RefreshFailed or OutputError; the
-        state records the error, and the last good token stays in the files.
+        Raises TemporaryError (StateWriteError and MalformedAnswer among them),
+        InvalidGrant, RefreshFailed (RotatedTokenNotSaved among them) or
+        OutputError; the state records the error, and the last good token stays
+        in the files.
         """
-        with self.store.locked(account.name):
+        name = account.name
+        with self.store.locked(name):
             # Re-read under the lock: another process may have refreshed (and
             # rotated the refresh token) while we waited. Using what we read
             # before taking the lock would spend a dead refresh token and, on
@@ -88,50 +112,109 @@ class Refresher:
             threshold = skip_if_valid_for(account, state) if callable(skip_if_valid_for) else skip_if_valid_for
             if threshold is not None and state.access and state.access.expires_at - now > threshold:
                 outputs.write_all(self.config.token_dir, account, state.access)
-                return Result(account.name, state, refreshed=False)
-            response = self._grant(account, state, now)
-            new_state = merge(state, response, self.clock())
-            try:
-                check_token(response.access.access_token.reveal())
-            except UnsafeToken as exc:
-                # Keep a rotated refresh token even from an answer we refuse to publish.
-                kept = replace(new_state, access=state.access, last_refresh=state.last_refresh)
-                self.store.save(account.name, kept.with_error(str(exc), now))
-                raise RefreshFailed(str(exc)) from None
-            self.store.save(account.name, new_state)  # before outputs: the token is safe even if they fail
-            rotated = response.refresh_token is not None and response.refresh_token != state.refresh_token
+                return Result(name, state, refreshed=False)
+            self._check_grantable(account, state, now)
+            # The answer may rotate the refresh token, and from then on the new state must reach
+            # the disk: so the state's temp file is created, and its space allocated, before the
+            # request. A full disk or a read-only state dir fails here, with nothing sent.
+            with self.store.reserve(name) as pending:
+                try:
+                    response = self._grant(account, state)
+                except MalformedAnswer as exc:
+                    # Refused as a whole, but a rotated refresh token in it is the grant's only live copy now.
+                    kept = replace(state, refresh_token=_secret(exc.refresh_token) or state.refresh_token)
+                    self._save_answer(account, state, kept.with_error(str(exc), now), pending, None)
+                    raise
+                except InvalidGrant as exc:
+                    self._record(name, state.with_error(str(exc), now, needs_login=True), pending)
+                    raise InvalidGrant(f"refresh token refused ({exc}); {login_hint(name)}") from None
+                except (TemporaryError, RefreshFailed) as exc:
+                    self._record(name, state.with_error(str(exc), now), pending)
+                    raise
+                new_state = merge(state, response, self.clock())
+                try:
+                    check_token(response.access.access_token.reveal())
+                except UnsafeToken as exc:
+                    # Keep a rotated refresh token even from an answer we refuse to publish.
+                    kept = replace(new_state, access=state.access, last_refresh=state.last_refresh)
+                    self._save_answer(account, state, kept.with_error(str(exc), now), pending, None)
+                    raise RefreshFailed(str(exc)) from None
+                # Saved before anything else (outputs, hook, even the log line): see _save_answer.
+                self._save_answer(account, state, new_state, pending, response.access)
+            rotated = new_state.refresh_token != state.refresh_token
             log.info(
                 "refreshed account=%s expires_in=%ds rotated=%s",
-                account.name,
+                name,
                 response.access.expires_at - self.clock(),
                 "yes" if rotated else "no",
             )
             try:
                 outputs.write_all(self.config.token_dir, account, response.access)
             except outputs.OutputError as exc:
-                self.store.save(account.name, new_state.with_error(str(exc), now))  # `status` shows it
+                self._record(name, new_state.with_error(str(exc), now), None)  # `status` shows it
                 raise
-        self.hook_runner(account, outputs.token_paths(self.config.token_dir, account.name)[0], response.access.expires_at)
-        return Result(account.name, new_state, refreshed=True, rotated=rotated)
+        self.hook_runner(account, outputs.token_paths(self.config.token_dir, name)[0], response.access.expires_at)
+        return Result(name, new_state, refreshed=True, rotated=rotated)
 
-    def _grant(self, account: Account, state: AccountState, now: float) -> TokenResponse:
-        if account.grant != "client_credentials":
-            if state.needs_login:
-                raise InvalidGrant(f"needs a new login ({state.last_error or 'refresh token refused'}); {login_hint(account.name)}")
-            if state.refresh_token is None:
-                message = f"no refresh token yet; {login_hint(account.name)}"
-                self.store.save(account.name, state.with_error(message, now))
-                raise InvalidGrant(message)
+    def _save_answer(
+        self, account: Account, old: AccountState, new: AccountState, pending: PendingWrite, publish: AccessToken | None
+    ) -> None:
+        """Save the state a token answer produced; if that fails, keep a rotated refresh token in memory.
+
+        Order against kills and power loss. Once the server has rotated the
+        refresh token, the one in the old state file is spent: losing the old
+        file costs nothing more. So the new file is renamed into place first
+        and fsynced (file, then directory) right after. A SIGKILL after the
+        rename loses nothing (the page cache survives the process), and the
+        rename comes one step after the answer is parsed instead of after a
+        disk flush. A power loss before the fsyncs end may leave an empty or
+        old file instead of the new one -- but fsync-then-rename loses the same
+        new token then, and nothing that relies on it (outputs, hook, exit
+        status) happens before both fsyncs are done. Without rotation the old
+        file still holds the live refresh token, so it is replaced only once
+        the new one is on disk (fsync, then rename).
+        """
+        rotated = new.refresh_token != old.refresh_token
+        if not rotated and publish is None:  # only an error to record: the refresh token on disk still works
+            self._record(account.name, new, pending)
+            return
         try:
-            if account.grant == "client_credentials" or state.refresh_token is None:  # None: client_credentials only
-                return self.client.client_credentials(account)
-            return self.client.refresh(account, state.refresh_token)
-        except InvalidGrant as exc:
-            self.store.save(account.name, state.with_error(str(exc), now, needs_login=True))
-            raise InvalidGrant(f"refresh token refused ({exc}); {login_hint(account.name)}") from None
-        except (TemporaryError, RefreshFailed) as exc:
-            self.store.save(account.name, state.with_error(str(exc), now))
-            raise
+            self.store.commit(account.name, new, pending=pending, durable_first=not rotated)
+        except OSError as exc:
+            path, reason = self.store.path(account.name), exc.strerror or str(exc)
+            if publish is not None:
+                with contextlib.suppress(outputs.OutputError):  # the token is good; readers should have it
+                    outputs.write_all(self.config.token_dir, account, publish)
+            if not rotated:
+                raise StateWriteError(f"cannot write state {path}: {reason}") from None
+            # This object lives as long as the daemon: the next refresh saves this state first,
+            # and never sends the spent refresh token still on disk.
+            self.unsaved[account.name] = Unsaved(spent=old.refresh_token, state=new)
+            log.error("%s: refresh token rotated but could not be saved: %s: %s; keeping it in memory", account.name, path, reason)
+            raise RotatedTokenNotSaved(f"refresh token rotated but could not be saved: {path}: {reason}") from None
+
+    def _record(self, name: str, state: AccountState, pending: PendingWrite | None) -> None:
+        """Save an error into the state; failing to is logged, not raised (the error being recorded matters more)."""
+        try:
+            self.store.save(name, state, pending=pending)
+        except StateWriteError as exc:
+            log.warning("%s: could not record the error: %s", name, exc)
+
+    def _check_grantable(self, account: Account, state: AccountState, now: float) -> None:
+        """InvalidGrant, without a request, for an account that needs a login first."""
+        if account.grant == "client_credentials":
+            return
+        if state.needs_login:
+            raise InvalidGrant(f"needs a new login ({state.last_error or 'refresh token refused'}); {login_hint(account.name)}")
+        if state.refresh_token is None:
+            message = f"no refresh token yet; {login_hint(account.name)}"
+            self._record(account.name, state.with_error(message, now), None)
+            raise InvalidGrant(message)
+
+    def _grant(self, account: Account, state: AccountState) -> TokenResponse:
+        if account.grant == "client_credentials" or state.refresh_token is None:  # None: client_credentials only
+            return self.client.client_credentials(account)
+        return self.client.refresh(account, state.refresh_token)
 
     def write_current(self, account: Account) -> AccountState | None:
         """Write out the state's token if it is still valid; returns the state, or None if it is not."""
@@ -147,7 +230,8 @@ class Refresher:
         if response.refresh_token is None and account.grant == "refresh_token":
             raise RefreshFailed("the server gave no refresh token (check scopes such as offline_access)")
         with self.store.locked(account.name):
-            old = self.store.load(account.name)
+            old = self.store.load_for_update(account.name)
+            self.unsaved.pop(account.name, None)  # a new grant: whatever older one was held is moot
             now = self.clock()
             state = AccountState(
                 refresh_token=response.refresh_token,
@@ -168,12 +252,49 @@ class Refresher:
 
     def _load_locked(self, account: Account) -> AccountState:
         """As load(), and saves the seeded state. Only under the account lock: saving a state read
-        outside it could overwrite a refresh token another process has just rotated."""
-        state = self.store.load(account.name)
+        outside it could overwrite a refresh token another process has just rotated.
+
+        A rotated refresh token held in memory (its save failed) is saved first;
+        if it still cannot be, StateWriteError: the spent one on disk is never sent.
+        """
+        held = self.unsaved.get(account.name)
+        if held is not None:
+            self._save_held(account.name, held)
+        state = self.store.load_for_update(account.name)
         seeded = apply_seed(account, state, self.clock())
         if seeded is not state:
             self.store.save(account.name, seeded)
         return seeded
+
+    def _save_held(self, name: str, held: Unsaved) -> None:
+        try:
+            disk: AccountState | None = self.store.load(name)
+        except FreshtokenError:
+            disk = None  # unreadable or damaged: what we hold is newer
+        if disk is not None and disk.refresh_token is not None and disk.refresh_token != held.spent:
+            # Not the token we spent: a login (or a new seed) replaced the grant since. That one is newer.
+            log.warning("%s: the state on disk changed since a rotated refresh token could not be saved; using the disk's", name)
+            del self.unsaved[name]
+            return
+        try:
+            self.store.commit(name, held.state)
+        except OSError as exc:
+            raise StateWriteError(
+                f"a rotated refresh token is still unsaved and the state cannot be written: {self.store.path(name)}: "
+                f"{exc.strerror or exc}; not sending the spent one"
+            ) from None
+        del self.unsaved[name]
+        log.info("%s: saved the rotated refresh token that an earlier save had failed to", name)
+
+    def flush_unsaved(self) -> list[str]:
+        """Try once more to save every rotated refresh token held in memory (for a daemon that stops); the accounts left."""
+        for name, held in list(self.unsaved.items()):
+            try:
+                with self.store.locked(name):
+                    self._save_held(name, held)
+            except FreshtokenError as exc:
+                log.error("%s: %s", name, exc)
+        return sorted(self.unsaved)
 
     def _run_hook_inline(self, account: Account, token_file: Path, expires_at: float) -> None:
         if account.on_refresh:
@@ -222,6 +343,13 @@ def lifetime(state: AccountState) -> float:
     if state.access and state.last_refresh and state.access.expires_at > state.last_refresh:
         return state.access.expires_at - state.last_refresh
     return DEFAULT_LIFETIME
+
+
+def _secret(value: object) -> Secret | None:
+    """The refresh token a MalformedAnswer carries (a Secret, or a plain string), else None."""
+    if isinstance(value, Secret):
+        return value or None
+    return Secret(value) if isinstance(value, str) and value else None
 
 
 def _lifetime_end(account: Account, now: float) -> float | None:

@@ -5,46 +5,106 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
 import socket
+import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from freshtoken.errors import AlreadyRunning, FreshtokenError, TemporaryError
-from freshtoken.fsutil import atomic_write, clean_stale_temps, ensure_dir, locked_file
+from freshtoken.errors import AlreadyRunning, FreshtokenError, StateWriteError, TemporaryError
+from freshtoken.fsutil import (
+    RESERVE,
+    TOKEN_DIR_MODE,
+    Owner,
+    PendingWrite,
+    clean_stale_temps,
+    ensure_dir,
+    locked_file,
+    open_dir,
+    owner_as_root,
+)
 from freshtoken.model import AccountState
 
 log = logging.getLogger(__name__)
 
 STATE_DIR_MODE = 0o700
 STATE_FILE_MODE = 0o600
+MAX_STATE_BYTES = 1 << 20  # a state file is ~1 KiB; a bigger one is not ours
 LOCK_TIMEOUT = 120.0  # longer than any one refresh can take (connect + read timeouts, a hook)
 WAKE_SOCKET = "daemon.sock"  # a running daemon listens here for "rescan" (a login or logout just changed the state)
+TOKEN_DIR_LOCK = ".freshtoken-daemon.lock"  # a leading dot: no account's file can be called so
+
+
+class StateUnusable(FreshtokenError):
+    """A stored state this version cannot use (bad JSON, absurd numbers, wrong types). One line, names the file."""
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _user(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 class Store:
-    def __init__(self, state_dir: Path, *, lock_timeout: float = LOCK_TIMEOUT) -> None:
+    def __init__(self, state_dir: Path, *, lock_timeout: float = LOCK_TIMEOUT, on_lock_busy: Callable[[str], object] | None = None) -> None:
+        """`on_lock_busy(account)` is called when an account lock is found held, before waiting for it (a test seam)."""
         self.dir = state_dir
         self.lock_timeout = lock_timeout
+        self.on_lock_busy = on_lock_busy
+        self.owner: Owner | None = None  # root keeps the state dir's owner on every file it creates here
         self._ready = False
 
     def prepare(self) -> None:
-        """Create the dir 0700 (tightening a wider one) and clear temp files from a crash."""
+        """Create the dir 0700 (tightening a wider one), check its owner, clear temp files from a crash.
+
+        The dir is opened without following a symlink and tightened through
+        that fd: a chmod by name would follow a link planted in its place.
+        """
         if self._ready:
             return
         try:
             ensure_dir(self.dir, STATE_DIR_MODE)
-            mode = self.dir.stat().st_mode & 0o777
+            if stat.S_ISLNK(os.lstat(self.dir).st_mode):
+                raise FreshtokenError(f"state dir {self.dir} is a symbolic link; set state_dir to the real directory")
+            self._check_owner(os.lstat(self.dir).st_uid)  # before open: a 0700 dir of another user cannot be opened
+            fd = open_dir(self.dir)
+        except OSError as exc:
+            raise FreshtokenError(f"cannot use state dir {self.dir}: {_reason(exc)}") from None
+        try:
+            info = os.fstat(fd)
+            self._check_owner(info.st_uid)  # the dir we opened, should it have been swapped since
+            mode = info.st_mode & 0o777
             if mode & 0o077:
                 log.warning("state dir %s had mode %04o; tightening to 0700", self.dir, mode)
-                os.chmod(self.dir, STATE_DIR_MODE)
+                os.fchmod(fd, STATE_DIR_MODE)
+            self.owner = owner_as_root(info)
         except OSError as exc:
-            raise FreshtokenError(f"cannot use state dir {self.dir}: {exc.strerror or exc}") from None
+            raise FreshtokenError(f"cannot use state dir {self.dir}: {_reason(exc)}") from None
+        finally:
+            os.close(fd)
         clean_stale_temps(self.dir)
         self._ready = True
+
+    def _check_owner(self, uid: int) -> None:
+        """Refuse another user's state dir; root may use any, and keeps its owner on what it creates."""
+        euid = os.geteuid()
+        if uid != euid and euid != 0:
+            owner = _user(uid)
+            raise FreshtokenError(
+                f"state dir {self.dir} belongs to {owner} (uid {uid}), not to uid {euid}; "
+                f"run freshtoken as its owner: `sudo -u {owner} freshtoken ...`"
+            )
 
     def path(self, account: str) -> Path:
         return self.dir / f"{account}.json"
@@ -53,37 +113,82 @@ class Store:
     def locked(self, account: str) -> Iterator[None]:
         """Hold the account's exclusive lock. Re-read the state inside: it may have changed while we waited."""
         self.prepare()
-        try:
-            with locked_file(self.dir / f"{account}.lock", timeout=self.lock_timeout):
-                yield
-        except TimeoutError:
-            raise TemporaryError(f"{account}: another freshtoken process has held the account lock for {self.lock_timeout:.0f}s") from None
+        path = self.dir / f"{account}.lock"
+        busy = self.on_lock_busy
+        on_busy = None if busy is None else functools.partial(busy, account)
+        with contextlib.ExitStack() as stack:
+            try:  # only around taking the lock: errors of the block itself pass through unchanged
+                stack.enter_context(locked_file(path, timeout=self.lock_timeout, owner=self.owner, on_busy=on_busy))
+            except TimeoutError:
+                raise TemporaryError(
+                    f"{account}: another freshtoken process has held the account lock for {self.lock_timeout:.0f}s"
+                ) from None
+            except OSError as exc:
+                raise StateWriteError(f"cannot open lock {path}: {_reason(exc)}") from None
+            yield
 
     def load(self, account: str) -> AccountState:
+        """The stored state, read only: never changes anything on disk (`status` and `get` use it).
+
+        Raises StateUnusable for a file this code cannot use, FreshtokenError if it cannot be read.
+        """
         path = self.path(account)
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as handle:
+                raw = handle.read(MAX_STATE_BYTES + 1)
         except FileNotFoundError:
             return AccountState()
         except OSError as exc:
-            raise FreshtokenError(f"cannot read state {path}: {exc.strerror}") from None
+            raise FreshtokenError(f"cannot read state {path}: {_reason(exc)}") from None
         try:
+            if len(raw) > MAX_STATE_BYTES:
+                raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
             return AccountState.from_json(json.loads(raw))
-        except (ValueError, TypeError, KeyError):
-            # Writes are atomic, so this is damage from outside (an editor, a disk).
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+            reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+            raise StateUnusable(f"state {path} is unusable ({reason})") from None
+
+    def load_for_update(self, account: str) -> AccountState:
+        """As load(), but a file this code cannot use is moved aside and the state starts afresh.
+
+        Only under the account lock (the write path): readers must have no side effects.
+        """
+        try:
+            return self.load(account)
+        except StateUnusable as exc:
+            # Writes are atomic, so this is damage from outside (an editor, a disk, another version).
             # Keep the evidence and start over from the config's seed.
+            path = self.path(account)
             aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
-            os.replace(path, aside)
-            log.error("state %s was unreadable; moved it to %s and starting afresh", path, aside)
+            try:
+                os.replace(path, aside)
+            except OSError as move:
+                raise StateWriteError(f"{exc}; cannot move it aside: {aside}: {_reason(move)}") from None
+            log.error("%s; moved it to %s and starting afresh", exc, aside)
             return AccountState()
 
-    def save(self, account: str, state: AccountState) -> None:
+    def reserve(self, account: str) -> PendingWrite:
+        """A temp file for the account's next state, its disk space allocated now: StateWriteError if it cannot be."""
         self.prepare()
-        data = json.dumps(state.to_json(), indent=1, sort_keys=True).encode() + b"\n"
+        path = self.path(account)
         try:
-            atomic_write(self.path(account), data, STATE_FILE_MODE)
+            return PendingWrite(path, STATE_FILE_MODE, owner=self.owner, reserve=RESERVE, keep_old=True)
         except OSError as exc:
-            raise FreshtokenError(f"cannot write state {self.path(account)}: {exc.strerror or exc}") from None
+            raise StateWriteError(f"cannot write state {path}: {_reason(exc)}") from None
+
+    def save(self, account: str, state: AccountState, *, pending: PendingWrite | None = None) -> None:
+        """Replace the account's state file (through `pending`, from reserve(), if given). Raises StateWriteError."""
+        try:
+            self.commit(account, state, pending=pending)
+        except OSError as exc:
+            raise StateWriteError(f"cannot write state {self.path(account)}: {_reason(exc)}") from None
+
+    def commit(self, account: str, state: AccountState, *, pending: PendingWrite | None = None, durable_first: bool = True) -> None:
+        """As save(), raising the OSError itself; `durable_first` as in PendingWrite.commit."""
+        self.prepare()
+        data = json.dumps(state.to_json(), sort_keys=True).encode() + b"\n"  # no indent: the C encoder, 5x faster
+        writer = pending or PendingWrite(self.path(account), STATE_FILE_MODE, owner=self.owner)
+        writer.commit(data, durable_first=durable_first)
 
     def mtime(self, account: str) -> float | None:
         try:
@@ -117,45 +222,100 @@ class Store:
                 sock.bind(str(path))
             finally:
                 os.umask(old_umask)
+            if self.owner is not None:
+                os.chown(path, *self.owner, follow_symlinks=False)
         except OSError as exc:
             sock.close()
             log.warning("cannot listen on %s (%s); a new login is picked up at the next heartbeat", path, exc.strerror or exc)
             return None
         return sock
 
-    def daemon_lock(self) -> DaemonLock:
+    def daemon_lock(self, token_dir: Path | None = None) -> DaemonLock:
+        """The lock a daemon holds for its whole life: on the state dir, and on `token_dir` too if given.
+
+        Two daemons with different state dirs but one token dir would refresh the
+        same accounts from two copies of the state, spending each refresh token twice.
+        """
         self.prepare()
-        return DaemonLock(self.dir / "daemon.pid")
+        return DaemonLock(self.dir / "daemon.pid", owner=self.owner, token_dir=token_dir)
 
 
 class DaemonLock:
-    """An flock held for the daemon's whole life; the file holds its pid for the error message."""
+    """flocks held for the daemon's whole life; the files hold its pid for the error message."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, owner: Owner | None = None, token_dir: Path | None = None) -> None:
         self.path = path
+        self.owner = owner
+        self.token_dir = token_dir
         self.fd: int | None = None
+        self.token_fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = self._lock(self.path, self.owner)
+        if fd is None:
+            pid = self._holder(self.path)
+            raise AlreadyRunning(f"another freshtoken daemon (pid {pid}) is already using state dir {self.path.parent}")
+        self._write(fd, f"{os.getpid()}\n")
+        self.fd = fd
+        if self.token_dir is not None:
+            try:
+                self.token_fd = self._lock_token_dir(self.token_dir)
+            except BaseException:
+                self.release()
+                raise
+
+    def _lock_token_dir(self, token_dir: Path) -> int:
+        path = token_dir / TOKEN_DIR_LOCK
         try:
+            ensure_dir(token_dir, TOKEN_DIR_MODE)
+            owner = owner_as_root(os.stat(token_dir))
+        except OSError as exc:
+            raise FreshtokenError(f"cannot use token dir {token_dir}: {_reason(exc)}") from None
+        fd = self._lock(path, owner)
+        if fd is None:
+            holder = self._holder(path).split("\n")
+            where = f", state dir {holder[1]}" if len(holder) > 1 and holder[1] else ""
+            raise AlreadyRunning(f"another freshtoken daemon (pid {holder[0]}{where}) is already writing token dir {token_dir}")
+        self._write(fd, f"{os.getpid()}\n{self.path.parent}\n")
+        return fd
+
+    @staticmethod
+    def _lock(path: Path, owner: Owner | None) -> int | None:
+        """An fd holding an exclusive flock on `path`, or None if another process holds it."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise FreshtokenError(f"cannot open lock {path}: {_reason(exc)}") from None
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            try:
-                pid = self.path.read_text().strip() or "unknown"
-            except OSError:
-                pid = "unknown"
-            raise AlreadyRunning(f"another freshtoken daemon (pid {pid}) is already using state dir {self.path.parent}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None
+            raise FreshtokenError(f"cannot lock {path}: {_reason(exc)}") from None
+        return fd
+
+    @staticmethod
+    def _holder(path: Path) -> str:
+        try:
+            return path.read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    @staticmethod
+    def _write(fd: int, text: str) -> None:
+        with contextlib.suppress(OSError):  # only for the message of a second daemon: a full disk must not stop this one
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, text.encode(), 0)
 
     def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        for attr in ("token_fd", "fd"):
+            fd = getattr(self, attr)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, attr, None)
 
     def __enter__(self) -> DaemonLock:
         self.acquire()
