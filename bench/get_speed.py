@@ -189,7 +189,9 @@ def main() -> int:
             where = f"in place: {python} and {script}"
         else:
             python, script = make_venv(tmp / "venv", args.package)
-            where = f"a fresh venv holding only freshtoken (copied from the repository's daemon/freshtoken, byte-compiled, pip's console script)"
+            where = (
+                "a fresh venv holding only freshtoken (copied from the repository's daemon/freshtoken, byte-compiled, pip's console script)"
+            )
         token_file = write_token(tmp / "tokens")
         config = tmp / "config.yaml"
         config.write_text(CONFIG.format(token_dir=tmp / "tokens", account=ACCOUNT))

@@ -203,10 +203,10 @@ def test_status_shows_a_damaged_state_in_its_row_and_goes_on(write_config: Calla
     assert code == 1, (out, err)
     rows = {line.split()[0]: line for line in out.split("\n\n", 1)[1].splitlines()[1:]}
     assert rows["good"].split()[1] == "fresh"
-    assert f"{dirs['state']}/garbled.json is damaged" in rows["garbled"] and rows["garbled"].split()[1] == "error"
-    assert f"{dirs['state']}/far.json: expires_at is out of range" in rows["far"]
-    assert f"{dirs['state']}/wordy.json is damaged" in rows["wordy"]
-    assert f"{dirs['state']}/deep.json is damaged" in rows["deep"]
+    assert f"{dirs['state']}/garbled.json is unusable" in rows["garbled"] and rows["garbled"].split()[1] == "error"
+    assert f"{dirs['state']}/far.json is unusable (expires_at" in rows["far"] and "out of range" in rows["far"]
+    assert f"{dirs['state']}/wordy.json is unusable" in rows["wordy"]
+    assert f"{dirs['state']}/deep.json is unusable" in rows["deep"]
     code, out, _ = main("-c", str(path), "status", "--json")
     assert code == 1
     by_name = {row["account"]: row for row in json.loads(out)}

@@ -619,6 +619,9 @@ class Daemon:
                 slot.run_lock.release()
             else:
                 log.warning("%s: abandoning the in-flight refresh", slot.account.name)
+        # A rotated refresh token held in memory because its save failed dies with the process: try once more.
+        for name in self.refresher.flush_unsaved():
+            log.error("%s: stopping with a rotated refresh token that could not be saved; `freshtoken login %s` will be needed", name, name)
         if self.metrics is not None:
             with contextlib.suppress(Exception):
                 self.metrics.shutdown()

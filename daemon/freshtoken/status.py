@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,13 +14,10 @@ from freshtoken.fsutil import ensure_dir, probe_writable, resolve_group
 from freshtoken.model import AccountState
 from freshtoken.outputs import all_outputs
 from freshtoken.refresh import apply_seed, lifetime
-from freshtoken.store import STATE_DIR_MODE
+from freshtoken.store import STATE_DIR_MODE, StateUnusable, read_state_file
 from freshtoken.timing import effective_margin, token_state
 
 WARN_BEFORE_RT_EXPIRY = 14 * 86400
-# Any stored time outside [1970, 9999] is damage: datetime cannot show it and int() of an infinity raises.
-LATEST = 253402300799.0
-MAX_STATE_FILE = 1 << 20  # a state file is a few KB
 
 
 class Unusable(ValueError):
@@ -48,35 +44,15 @@ def describe(config: Config, now: float | None = None) -> list[dict[str, Any]]:
 
 
 def read_state(path: Path) -> AccountState:
-    """The stored state, read-only: unlike Store.load, a damaged file is reported (Unusable), never moved."""
+    """The stored state, read-only: a damaged file is reported (Unusable), never moved."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_STATE_FILE + 1)
-    except FileNotFoundError:
-        return AccountState()
+        return read_state_file(path)
+    except StateUnusable as exc:
+        raise Unusable(str(exc)) from None
     except PermissionError:
         raise Unusable(f"cannot read {path}: permission denied ({_owner_hint(path.parent)})") from None
     except OSError as exc:
         raise Unusable(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-    try:
-        if len(raw) > MAX_STATE_FILE:
-            raise ValueError("too big")
-        state = AccountState.from_json(json.loads(raw))
-    except (ValueError, TypeError, KeyError, RecursionError):
-        raise Unusable(f"{path} is damaged (not a state file this version can read)") from None
-    times = {
-        "expires_at": state.access.expires_at if state.access else None,
-        "last_refresh": state.last_refresh,
-        "last_error_at": state.last_error_at,
-        "refresh_token_obtained_at": state.refresh_token_obtained_at,
-        "refresh_token_expires_at": state.refresh_token_expires_at,
-    }
-    for name, value in times.items():
-        if value is not None and not 0 <= value <= LATEST:  # also false for NaN
-            raise Unusable(f"{path}: {name} is out of range")
-    if state.last_error is not None and not isinstance(state.last_error, str):
-        raise Unusable(f"{path}: last_error is not text")
-    return state
 
 
 def _owner_hint(directory: Path) -> str:

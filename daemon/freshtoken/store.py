@@ -43,6 +43,25 @@ class StateUnusable(FreshtokenError):
     """A stored state this version cannot use (bad JSON, absurd numbers, wrong types). One line, names the file."""
 
 
+def read_state_file(path: Path) -> AccountState:
+    """One state file, read only: an empty state if there is none, StateUnusable if it is damaged.
+
+    OSError (permission denied, say) is left to the caller, who knows whom to blame.
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_STATE_BYTES + 1)
+    except FileNotFoundError:
+        return AccountState()
+    try:
+        if len(raw) > MAX_STATE_BYTES:
+            raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
+        return AccountState.from_json(json.loads(raw))
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise StateUnusable(f"state {path} is unusable ({reason})") from None
+
+
 def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
@@ -134,19 +153,9 @@ class Store:
         """
         path = self.path(account)
         try:
-            with open(path, "rb") as handle:
-                raw = handle.read(MAX_STATE_BYTES + 1)
-        except FileNotFoundError:
-            return AccountState()
+            return read_state_file(path)
         except OSError as exc:
             raise FreshtokenError(f"cannot read state {path}: {_reason(exc)}") from None
-        try:
-            if len(raw) > MAX_STATE_BYTES:
-                raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
-            return AccountState.from_json(json.loads(raw))
-        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
-            reason = " ".join(str(exc).split())[:120] or type(exc).__name__
-            raise StateUnusable(f"state {path} is unusable ({reason})") from None
 
     def load_for_update(self, account: str) -> AccountState:
         """As load(), but a file this code cannot use is moved aside and the state starts afresh.
