@@ -198,3 +198,38 @@ Create Near
         run = client("mbsync", "-c", str(rc), "fake")
     assert [("XOAUTH2", USER, token, True)] == [(e.mechanism, e.user, e.token, e.accepted) for e in imap.exchanges], run.stderr
     assert 0 == run.returncode, run.stderr
+
+
+# ---------------------------------------------------------------- curl: the header on stdin, not the token in argv
+
+
+@needs("curl")
+def test_curl_reads_the_authorization_header_from_freshtoken_get_on_stdin(token_dir: Path) -> None:
+    """`freshtoken get ACCOUNT --format header | curl -H @- URL` sends the current token, which never appears in curl's argv."""
+    import http.server
+    import threading
+
+    seen: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        get = subprocess.run([*shlex.split(get_command(token_dir)), "--format", "header"], capture_output=True, text=True, timeout=TIMEOUT)
+        url = f"http://127.0.0.1:{server.server_address[1]}/me"
+        run = client("curl", "-sSf", "--noproxy", "*", "-H", "@-", url, input=get.stdout)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert 0 == run.returncode, run.stderr
+    assert [f"Bearer {current_token(token_dir)}"] == seen
