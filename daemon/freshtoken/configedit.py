@@ -50,7 +50,7 @@ class AddResult:
         where = f"a new {self.path} (mode {NEW_FILE_MODE:04o})" if self.created else str(self.path)
         lines = [f"added account {self.name!r} to {where}", *(f"note: {note}" for note in self.notes)]
         lines.append(f"next: {self.next_command}")
-        lines.append("then reload a running daemon (systemctl reload freshtoken, or kill -HUP) so that it keeps the token fresh")
+        lines.append("then reload a running daemon (systemctl [--user] reload freshtoken, or kill -HUP) so that it keeps the token fresh")
         return "\n".join(lines) + "\n"
 
 
