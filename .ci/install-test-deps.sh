@@ -3,6 +3,9 @@
 #   - Debian's chromium (/usr/bin/chromium; browsers cannot be downloaded here)
 #   - node + npm (only if missing; the machines normally have Node 20)
 #   - tests/oidc/node_modules via `npm ci` (oidc-provider, playwright-core)
+#   - the mail clients tests/test_w2_mail.py runs against loopback fakes: msmtp, neomutt, isync (mbsync),
+#     and an XOAUTH2 Cyrus SASL plugin for mbsync (Debian 12 has no sasl-xoauth2 / cyrus-sasl-xoauth2
+#     package; libkgapi's libsasl2-modules-kdexoauth2 is one: the token is the SASL password)
 # Anything already present is left alone. Needs root for apt.
 set -euo pipefail
 
@@ -17,6 +20,11 @@ apt_packages=()
 [ -x /usr/bin/chromium ] || apt_packages+=(chromium)
 command -v node >/dev/null 2>&1 || apt_packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
+command -v msmtp >/dev/null 2>&1 || apt_packages+=(msmtp)
+command -v neomutt >/dev/null 2>&1 || apt_packages+=(neomutt)
+command -v mbsync >/dev/null 2>&1 || apt_packages+=(isync)
+dpkg-query -W -f='${Status}' libsasl2-modules-kdexoauth2 2>/dev/null | grep -q 'ok installed' \
+    || apt_packages+=(libsasl2-modules-kdexoauth2)
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
@@ -27,14 +35,17 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq "${apt_packages[@]}" >/dev/null
 else
-    say "chromium, node and npm already installed"
+    say "chromium, node, npm and the mail clients already installed"
 fi
 
 # npm ci wipes and reinstalls node_modules: skip it when the installed tree
 # already matches package-lock.json (npm keeps a copy of the lock it installed).
 lock="$oidc/package-lock.json"
 installed="$oidc/node_modules/.package-lock.json"
-if [ -f "$installed" ] && [ -d "$oidc/node_modules/oidc-provider" ] \
+if [ -L "$oidc/node_modules" ] && [ -d "$oidc/node_modules/oidc-provider" ] && [ -d "$oidc/node_modules/playwright-core" ]; then
+    # A worktree sharing another checkout's tree: npm ci would empty that tree through the link.
+    say "tests/oidc/node_modules is a link to a shared tree; left alone"
+elif [ -f "$installed" ] && [ -d "$oidc/node_modules/oidc-provider" ] \
     && [ -d "$oidc/node_modules/playwright-core" ] && [ "$installed" -nt "$lock" ]; then
     say "tests/oidc/node_modules is up to date"
 else
