@@ -114,6 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
         " then print the plan. `run` makes the same checks before it starts.",
     )
 
+    install = sub.add_parser(
+        "install-systemd",
+        help="write the systemd unit, sysusers snippet and a config for this install",
+        description="Write the systemd unit with ExecStart= naming this install's freshtoken command, the sysusers snippet"
+        " and, unless one exists, a config (the example, reading the client secret from a file). Units are replaced,"
+        " a config never. As root on the live system it also runs `systemd-sysusers` and `systemctl daemon-reload`;"
+        " then it prints the remaining steps.",
+    )
+    install.add_argument(
+        "--user", action="store_true", help="a user service (~/.config/systemd/user, ~/.config/freshtoken) instead of the system one"
+    )
+    install.add_argument(
+        "--root",
+        metavar="DIR",
+        help="write under DIR instead of / (with --user: instead of $HOME), e.g. an image being built; runs no systemd tool",
+    )
+
     demo = sub.add_parser("demo", help="the daemon against a built-in loopback authorization server")
     demo.add_argument("--duration", type=_duration, default=None, metavar="D", help="stop after this long (default: until Ctrl-C)")
     demo.add_argument(
@@ -342,6 +359,99 @@ def cmd_demo(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str],
     return demo(duration=args.duration, lifetime=args.lifetime, out=out)
 
 
+def cmd_install_systemd(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
+    import shutil
+    from pathlib import Path
+
+    from freshtoken import units
+
+    if args.root is not None:
+        root = Path(args.root).absolute()
+    elif args.user:
+        root = Path(environ.get("HOME") or Path.home())
+    else:
+        root = Path("/")
+    # Only on this machine's own / and as root do the systemd tools act on what we wrote.
+    live = not args.user and root == Path("/") and os.geteuid() == 0
+
+    def create_user(sysusers_file: Path) -> None:
+        tool = shutil.which("systemd-sysusers")
+        if tool is None:
+            print("no systemd-sysusers here: create the freshtoken system user and group yourself", file=out)
+            return
+        _run_tool(out, tool, str(sysusers_file))
+
+    try:
+        exec_start = units.default_exec_start()
+        done = units.install_units(root, exec_start=exec_start, user=args.user, create_user=create_user if live else None)
+    except LookupError as exc:
+        raise FreshtokenError(str(exc)) from None
+    except PermissionError as exc:
+        hint = "run it as root, or use --user" if not args.user else "check the directory's owner"
+        raise FreshtokenError(f"cannot write {exc.filename}: permission denied ({hint})") from None
+    for item in done:
+        print(item, file=out)
+    reloaded = False
+    if live and shutil.which("systemctl"):
+        reloaded = _run_tool(out, "systemctl", "daemon-reload")
+    print(_next_steps(done[-1].path, exec_start, user=args.user, live=live, reloaded=reloaded), file=out)
+    return 0
+
+
+def _run_tool(out: IO[str], *argv: str) -> bool:
+    """Run a systemd tool, saying so; its failure is reported, not fatal (the files are written and the next steps say the rest)."""
+    import subprocess
+
+    print(f"running {' '.join(argv)}", file=out)
+    out.flush()
+    result = subprocess.run(argv, check=False, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        print(f"warning: {argv[0]} exited {result.returncode}", file=out)
+    return result.returncode == 0
+
+
+def _next_steps(config: Any, exec_start: str, *, user: bool, live: bool, reloaded: bool) -> str:
+    """What is left to do after install-systemd, as commands to paste (paths as written; a --root tree says so)."""
+    import shlex
+
+    secret = shlex.quote(str(config.parent / "spotify-client-secret"))
+    command = shlex.quote(exec_start)
+    systemctl = "systemctl --user" if user else "systemctl"
+    steps = []
+    if not user and not live:
+        steps.append(["create the freshtoken user and group (on the system that runs it): systemd-sysusers"])
+    steps.append([f"edit {config}: client_id and scopes (leave state_dir and token_dir to the unit)"])
+    steps.append(
+        [
+            "store the client secret, never readable by others (`read -s` does not echo; printf is a shell builtin):",
+            f"  install -m 0600 /dev/null {secret}",
+            f"  read -rs SECRET && printf '%s' \"$SECRET\" > {secret}; unset SECRET",
+        ]
+    )
+    if user:
+        steps.append([f"log in once: {command} -c {shlex.quote(str(config))} login spotify"])
+    else:
+        steps.append(
+            [
+                "log in once as the service user, in the unit's directories (systemd/README.md, step 4):",
+                "  systemd-run --pty --wait --collect -p User=freshtoken -p Group=freshtoken -p UMask=0027 \\",
+                "    -p StateDirectory=freshtoken -p StateDirectoryMode=0700 \\",
+                "    -p RuntimeDirectory=freshtoken -p RuntimeDirectoryMode=0750 -p RuntimeDirectoryPreserve=yes \\",
+                "    -p LoadCredential=spotify-client-secret:/etc/freshtoken/spotify-client-secret \\",
+                f"    {command} -c /etc/freshtoken/config.yaml login spotify --manual",
+            ]
+        )
+    enable = f"{systemctl} enable --now freshtoken"
+    steps.append([enable if reloaded else f"{systemctl} daemon-reload && {enable}"])
+    if user:
+        steps[-1].append("(`loginctl enable-linger` keeps it running while you are logged out)")
+    lines = ["", "next steps:"]
+    for number, (first, *rest) in enumerate(steps, 1):
+        lines.append(f"  {number}. {first}")
+        lines += [f"     {line}" for line in rest]
+    return "\n".join(lines)
+
+
 COMMANDS: dict[str, Any] = {
     "get": cmd_get,
     "refresh": cmd_refresh,
@@ -350,6 +460,7 @@ COMMANDS: dict[str, Any] = {
     "run": cmd_run,
     "login": cmd_login,
     "demo": cmd_demo,
+    "install-systemd": cmd_install_systemd,
 }
 
 
