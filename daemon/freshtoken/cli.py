@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import IO, Any
 
+LOG_FORMATS = ("plain", "json")  # systemd.LOG_FORMATS, without importing logging for `get`
+
 # A one-shot command over several accounts ends with the worst outcome.
 SEVERITY = {0: 0, 75: 1, 1: 2, 78: 3}
 
@@ -57,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="config file (default: $FRESHTOKEN_CONFIG, ./freshtoken.yaml, ~/.config/freshtoken/config.yaml, /etc/freshtoken/config.yaml)",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=None,
+        help="plain: time, level, message (in the journal: its own format); json: one object per line with time, level,"
+        " logger, message and account (default: $FRESHTOKEN_LOG_FORMAT, else plain)",
+    )
     parser.add_argument("--version", action="version", version=f"freshtoken {__version__}")
     # -c and -v also work after the command (`freshtoken status -c FILE`); SUPPRESS keeps
     # the subcommand from overwriting a value given before it.
@@ -65,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--config", metavar="CONFIG", default=argparse.SUPPRESS, help="config file (default: see `freshtoken --help`)"
     )
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output")
+    common.add_argument(
+        "--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS, help="plain or json log lines (default: see `freshtoken --help`)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser = functools.partial(sub.add_parser, parents=[common], epilog=EXIT_CODES, formatter_class=formatter)  # type: ignore[method-assign]
 
@@ -285,7 +297,7 @@ def cmd_refresh(args: argparse.Namespace, environ: Mapping[str, str], out: IO[st
     from freshtoken.durations import humanize
 
     config = _load_config(args, environ)
-    _setup_logging(args.verbose, environ, err)
+    _setup_logging(args, args.verbose, environ, err, accounts=lambda: config.accounts)
     refresher = _make_refresher(config)
     worst = 0
     for account in _select_accounts(config, args.accounts):
@@ -332,14 +344,17 @@ def cmd_run(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], 
     from freshtoken.daemon import run
     from freshtoken.status import validate
 
+    names: set[str] = set()  # the accounts JSON log lines are about, as of the last (re)load
+
     def load() -> Any:
         # The checks check-config makes, at start and on every reload: a config it refuses is exit 78 here too.
         config = _load_config(args, environ)
         validate(config)
+        names.update(config.accounts)
         return config
 
     config = load()
-    _setup_logging(args.verbose + 1, environ, err)
+    _setup_logging(args, args.verbose + 1, environ, err, accounts=lambda: names)
     return run(config, config_loader=load)
 
 
@@ -347,7 +362,7 @@ def cmd_login(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str]
     from freshtoken.login import login
 
     config = _load_config(args, environ)
-    _setup_logging(args.verbose, environ, err)
+    _setup_logging(args, args.verbose, environ, err, accounts=lambda: config.accounts)
     account = _select_accounts(config, [args.account])[0]
     return login(config, account, browser=not args.no_browser, manual=args.manual, timeout=args.timeout, out=out, err=err)
 
@@ -355,7 +370,7 @@ def cmd_login(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str]
 def cmd_demo(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
     from freshtoken.demo import demo
 
-    _setup_logging(args.verbose + 1, environ, err)
+    _setup_logging(args, args.verbose + 1, environ, err)
     return demo(duration=args.duration, lifetime=args.lifetime, out=out)
 
 
@@ -496,16 +511,23 @@ def _worse(a: int, b: int) -> int:
     return a if SEVERITY.get(a, 2) >= SEVERITY.get(b, 2) else b
 
 
-def _setup_logging(verbosity: int, environ: Mapping[str, str], stream: IO[str]) -> None:
+def _setup_logging(
+    args: argparse.Namespace, verbosity: int, environ: Mapping[str, str], stream: IO[str], *, accounts: Any = frozenset
+) -> None:
+    """Log to `stream` at the level -v asks for, in --log-format (else $FRESHTOKEN_LOG_FORMAT, else plain)."""
     import logging
 
     from freshtoken.systemd import make_log_handler
 
+    log_format = args.log_format or environ.get("FRESHTOKEN_LOG_FORMAT") or "plain"
+    if log_format not in LOG_FORMATS:
+        raise UsageError(f"$FRESHTOKEN_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.addHandler(make_log_handler(environ, stream=stream))  # type: ignore[arg-type]  # any text stream will do
+    handler = make_log_handler(environ, stream=stream, log_format=log_format, accounts=accounts)  # type: ignore[arg-type]  # any text stream
+    root.addHandler(handler)
     root.setLevel(level)
     # urllib3 at DEBUG logs request lines; keep it quiet whatever -v says.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
