@@ -75,7 +75,9 @@ def two_accounts(write_config: Callable[..., Path], auth_server: AuthServer) -> 
 
 
 @pytest.mark.slow
-def test_run_with_log_format_json_writes_only_json_lines(tmp_path: Path, dirs: dict[str, Path], two_accounts: tuple[Path, list[str]]) -> None:
+def test_run_with_log_format_json_writes_only_json_lines(
+    tmp_path: Path, dirs: dict[str, Path], two_accounts: tuple[Path, list[str]]
+) -> None:
     """A real `freshtoken --log-format json -v run`: every stderr line is a JSON object; the refresh line carries
     account, event and expires_in as fields, the failing account's error line its account, and no line a secret."""
     config, secrets = two_accounts
@@ -130,7 +132,9 @@ def test_the_option_wins_over_the_environment_and_a_bad_value_is_refused(two_acc
     assert " INFO refreshed account=good " in err.getvalue()
     assert "{" not in err.getvalue()
     err = io.StringIO()
-    code = cli.main(["-c", str(config), "refresh", "good"], environ={**env, "FRESHTOKEN_LOG_FORMAT": "xml"}, stdout=io.StringIO(), stderr=err)
+    code = cli.main(
+        ["-c", str(config), "refresh", "good"], environ={**env, "FRESHTOKEN_LOG_FORMAT": "xml"}, stdout=io.StringIO(), stderr=err
+    )
     assert code == 2
     assert err.getvalue() == "freshtoken: $FRESHTOKEN_LOG_FORMAT must be one of plain, json, not 'xml'\n"
 

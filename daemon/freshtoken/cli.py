@@ -208,6 +208,7 @@ class _GetArgs:
 
     command = "get"
     verbose = 0
+    log_format = None
 
     def __init__(self, account: str, format: str, min_valid: int, token_dir: str | None, config: str | None) -> None:
         self.account, self.format, self.min_valid, self.token_dir, self.config = account, format, min_valid, token_dir, config
