@@ -113,11 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser(
         "status",
-        help="per account: state, expiry, last refresh, last error",
-        description="Read the state dir (never the network, never a secret, no writes) and show each account."
+        help="per account: state, expiry, last refresh, last error; whether the daemon runs",
+        description="Read the state dir (never the network, never a secret, no writes) and show each account, and whether"
+        " a daemon runs on that state dir (its pid, since when, its last heartbeat)."
         " Exit 1 if an account's state cannot be read (its row says why), else 0.",
     )
-    status.add_argument("--json", action="store_true", help="print a JSON list, one object per account, instead of the table")
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list, one object per account, instead of the table; each has the same `daemon` object"
+        " (running, pid, since, last_heartbeat as epoch seconds)",
+    )
 
     sub.add_parser(
         "check-config",
@@ -318,14 +324,16 @@ def cmd_refresh(args: argparse.Namespace, environ: Mapping[str, str], out: IO[st
 def cmd_status(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
     import json
 
-    from freshtoken.status import describe, render_header, render_table
+    from freshtoken.status import daemon_status, describe, render_header, render_table
 
     config = _load_config(args, environ, secrets=False)
     rows = describe(config)
+    daemon = daemon_status(config.state_dir)
     if args.json:
-        print(json.dumps(rows, indent=2), file=out)
+        # Still a list of accounts (scripts index it); each row carries the same daemon object.
+        print(json.dumps([{**row, "daemon": daemon} for row in rows], indent=2), file=out)
     else:
-        print(render_header(config), file=out)
+        print(render_header(config, daemon), file=out)
         print(render_table(rows), file=out)
     # A row that could not be described is a failure a script should see; expired or needs-login rows are answers.
     return 1 if any(row["state"] == "error" for row in rows) else 0
