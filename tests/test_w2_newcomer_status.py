@@ -148,3 +148,13 @@ def test_status_of_a_real_daemon_then_of_a_stopped_one(tmp_path: Path, config: P
                 process.wait(5)
     assert (dirs["state"] / "daemon.pid").read_text().strip() == str(process.pid)
     assert daemon_line(config) == "daemon     not running"
+
+
+def test_an_unreadable_pid_file_is_unknown_not_a_guess(config: Path, dirs: dict[str, Path]) -> None:
+    """When the pid file cannot be read (here: it is a directory; for a reader of the system install: permission), the
+    daemon line says unknown and why, --json says running null, and the account rows still come with exit 0."""
+    (dirs["state"] / "daemon.pid").mkdir()
+    code, out = run_status(config)
+    assert code == 0
+    assert f"daemon     unknown (cannot read {dirs['state'] / 'daemon.pid'}: Is a directory)" in out.splitlines()
+    assert daemon_json(config)["running"] is None
