@@ -214,3 +214,15 @@ def test_default_exec_start_falls_back_to_path(tmp_path: Path, monkeypatch: pyte
     script.write_text("#!/bin/sh\n")
     script.chmod(0o755)
     assert units.default_exec_start(str(tmp_path / "python3")) == str(script)
+
+
+@pytest.mark.parametrize(
+    "name", ["completions/freshtoken.bash", "completions/_freshtoken", "completions/freshtoken.fish", "man/freshtoken.1"]
+)
+def test_completions_and_man_page_know_install_systemd_and_log_format(name: str) -> None:
+    """The shipped completions and man page offer `install-systemd` (with --user and --root) and `--log-format plain|json`."""
+    text = units.data_file(name).read_text().replace("\\-", "-")  # roff escapes every hyphen
+    for word in ("install-systemd", "log-format", "plain", "json", "root", "user"):
+        assert word in text
+    if name.startswith("man/"):
+        assert "FRESHTOKEN_LOG_FORMAT" in text and "daemon.heartbeat" in text

@@ -162,7 +162,7 @@ def test_status_says_which_dirs_it_reads(write_config: Callable[..., Path], dirs
     )
     code, out, _ = main("-c", str(path), "status")
     assert code == 0
-    assert out.startswith(f"config     {path}\nstate dir  {dirs['state']}\ntoken dir  {dirs['tokens']}\n\nACCOUNT")
+    assert out.startswith(f"config     {path}\nstate dir  {dirs['state']}\ntoken dir  {dirs['tokens']}\ndaemon     not running\n\nACCOUNT")
     (row,) = json.loads(main("-c", str(path), "status", "--json")[1])
     assert (row["state_file"], row["token_file"]) == (str(dirs["state"] / "a.json"), str(dirs["tokens"] / "a.json"))
 

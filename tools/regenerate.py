@@ -35,6 +35,21 @@ EXIT_STATUS = [
     ("78", "bad config: the message names the file, the line, the key and the problem"),
 ]
 
+ENVIRONMENT = [
+    ("FRESHTOKEN_CONFIG", "the config file, when -c is not given"),
+    ("FRESHTOKEN_TOKEN_DIR", "where get reads the token, before every other default"),
+    ("FRESHTOKEN_LOG_FORMAT", "plain or json: the log format when --log-format is not given (default plain)"),
+    (
+        "STATE_DIRECTORY, RUNTIME_DIRECTORY, CREDENTIALS_DIRECTORY",
+        "set by systemd: the default state dir and token dir, and where client_secret_file names are looked up",
+    ),
+    (
+        "XDG_STATE_HOME, XDG_RUNTIME_DIR",
+        "outside systemd, with a config other than /etc/freshtoken/config.yaml: the default state dir and token dir"
+        " (else ~/.local/state and /run/user/UID)",
+    ),
+]
+
 
 def _parser() -> argparse.ArgumentParser:
     sys.path.insert(0, str(ROOT / "daemon"))  # this checkout's freshtoken, installed or not
@@ -115,6 +130,9 @@ def man_page(parser: argparse.ArgumentParser, version: str) -> str:
     lines.append(".SH EXIT STATUS")
     for code, meaning in EXIT_STATUS:
         lines += [".TP", f"\\fB{code}\\fR", _roff(meaning)]
+    lines.append(".SH ENVIRONMENT")
+    for name, meaning in ENVIRONMENT:
+        lines += [".TP", f"\\fB{name}\\fR", _roff(meaning)]
     lines += [
         ".SH FILES",
         ".TP",
@@ -123,6 +141,9 @@ def man_page(parser: argparse.ArgumentParser, version: str) -> str:
         ".TP",
         "\\fI/run/freshtoken/ACCOUNT.token\\fR, \\fIACCOUNT.json\\fR",
         "the current access token, for readers in the freshtoken group",
+        ".TP",
+        "\\fI/var/lib/freshtoken/daemon.pid\\fR, \\fIdaemon.heartbeat\\fR",
+        "the running daemon's pid (it holds a lock on the file) and, as the mtime, its last heartbeat: what \\fBstatus\\fR shows",
         ".SH SEE ALSO",
         "\\fBsystemctl\\fR(1), \\fBsystemd.exec\\fR(5), \\fBcurl\\fR(1)",
     ]

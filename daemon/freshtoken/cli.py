@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import IO, Any
 
+LOG_FORMATS = ("plain", "json")  # systemd.LOG_FORMATS, without importing logging for `get`
+
 # A one-shot command over several accounts ends with the worst outcome.
 SEVERITY = {0: 0, 75: 1, 1: 2, 78: 3}
 
@@ -57,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="config file (default: $FRESHTOKEN_CONFIG, ./freshtoken.yaml, ~/.config/freshtoken/config.yaml, /etc/freshtoken/config.yaml)",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=None,
+        help="plain: time, level, message (in the journal: its own format); json: one object per line with time, level,"
+        " logger, message and account (default: $FRESHTOKEN_LOG_FORMAT, else plain)",
+    )
     parser.add_argument("--version", action="version", version=f"freshtoken {__version__}")
     # -c and -v also work after the command (`freshtoken status -c FILE`); SUPPRESS keeps
     # the subcommand from overwriting a value given before it.
@@ -65,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--config", metavar="CONFIG", default=argparse.SUPPRESS, help="config file (default: see `freshtoken --help`)"
     )
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output")
+    common.add_argument(
+        "--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS, help="plain or json log lines (default: see `freshtoken --help`)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser = functools.partial(sub.add_parser, parents=[common], epilog=EXIT_CODES, formatter_class=formatter)  # type: ignore[method-assign]
 
@@ -101,17 +113,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser(
         "status",
-        help="per account: state, expiry, last refresh, last error",
-        description="Read the state dir (never the network, never a secret, no writes) and show each account."
+        help="per account: state, expiry, last refresh, last error; whether the daemon runs",
+        description="Read the state dir (never the network, never a secret, no writes) and show each account, and whether"
+        " a daemon runs on that state dir (its pid, since when, its last heartbeat)."
         " Exit 1 if an account's state cannot be read (its row says why), else 0.",
     )
-    status.add_argument("--json", action="store_true", help="print a JSON list, one object per account, instead of the table")
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list, one object per account, instead of the table; each has the same `daemon` object"
+        " (running, pid, since, last_heartbeat as epoch seconds)",
+    )
 
     sub.add_parser(
         "check-config",
         help="validate the config and print what it would do",
         description="Check the config and every directory freshtoken will write (creating the state and token dirs),"
         " then print the plan. `run` makes the same checks before it starts.",
+    )
+
+    install = sub.add_parser(
+        "install-systemd",
+        help="write the systemd unit, sysusers snippet and a config for this install",
+        description="Write the systemd unit with ExecStart= naming this install's freshtoken command, the sysusers snippet"
+        " and, unless one exists, a config (the example, reading the client secret from a file). Units are replaced,"
+        " a config never. As root on the live system it also runs `systemd-sysusers` and `systemctl daemon-reload`;"
+        " then it prints the remaining steps.",
+    )
+    install.add_argument(
+        "--user", action="store_true", help="a user service (~/.config/systemd/user, ~/.config/freshtoken) instead of the system one"
+    )
+    install.add_argument(
+        "--root",
+        metavar="DIR",
+        help="write under DIR instead of / (with --user: instead of $HOME), e.g. an image being built; runs no systemd tool",
     )
 
     demo = sub.add_parser("demo", help="the daemon against a built-in loopback authorization server")
@@ -179,6 +214,7 @@ class _GetArgs:
 
     command = "get"
     verbose = 0
+    log_format = None
 
     def __init__(self, account: str, format: str, min_valid: int, token_dir: str | None, config: str | None) -> None:
         self.account, self.format, self.min_valid, self.token_dir, self.config = account, format, min_valid, token_dir, config
@@ -268,7 +304,7 @@ def cmd_refresh(args: argparse.Namespace, environ: Mapping[str, str], out: IO[st
     from freshtoken.durations import humanize
 
     config = _load_config(args, environ)
-    _setup_logging(args.verbose, environ, err)
+    _setup_logging(args, args.verbose, environ, err, accounts=lambda: config.accounts)
     refresher = _make_refresher(config)
     worst = 0
     for account in _select_accounts(config, args.accounts):
@@ -288,14 +324,16 @@ def cmd_refresh(args: argparse.Namespace, environ: Mapping[str, str], out: IO[st
 def cmd_status(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
     import json
 
-    from freshtoken.status import describe, render_header, render_table
+    from freshtoken.status import daemon_status, describe, render_header, render_table
 
     config = _load_config(args, environ, secrets=False)
     rows = describe(config)
+    daemon = daemon_status(config.state_dir)
     if args.json:
-        print(json.dumps(rows, indent=2), file=out)
+        # Still a list of accounts (scripts index it); each row carries the same daemon object.
+        print(json.dumps([{**row, "daemon": daemon} for row in rows], indent=2), file=out)
     else:
-        print(render_header(config), file=out)
+        print(render_header(config, daemon), file=out)
         print(render_table(rows), file=out)
     # A row that could not be described is a failure a script should see; expired or needs-login rows are answers.
     return 1 if any(row["state"] == "error" for row in rows) else 0
@@ -315,14 +353,17 @@ def cmd_run(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], 
     from freshtoken.daemon import run
     from freshtoken.status import validate
 
+    names: set[str] = set()  # the accounts JSON log lines are about, as of the last (re)load
+
     def load() -> Any:
         # The checks check-config makes, at start and on every reload: a config it refuses is exit 78 here too.
         config = _load_config(args, environ)
         validate(config)
+        names.update(config.accounts)
         return config
 
     config = load()
-    _setup_logging(args.verbose + 1, environ, err)
+    _setup_logging(args, args.verbose + 1, environ, err, accounts=lambda: names)
     return run(config, config_loader=load)
 
 
@@ -330,7 +371,7 @@ def cmd_login(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str]
     from freshtoken.login import login
 
     config = _load_config(args, environ)
-    _setup_logging(args.verbose, environ, err)
+    _setup_logging(args, args.verbose, environ, err, accounts=lambda: config.accounts)
     account = _select_accounts(config, [args.account])[0]
     return login(config, account, browser=not args.no_browser, manual=args.manual, timeout=args.timeout, out=out, err=err)
 
@@ -338,8 +379,101 @@ def cmd_login(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str]
 def cmd_demo(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
     from freshtoken.demo import demo
 
-    _setup_logging(args.verbose + 1, environ, err)
+    _setup_logging(args, args.verbose + 1, environ, err)
     return demo(duration=args.duration, lifetime=args.lifetime, out=out)
+
+
+def cmd_install_systemd(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
+    import shutil
+    from pathlib import Path
+
+    from freshtoken import units
+
+    if args.root is not None:
+        root = Path(args.root).absolute()
+    elif args.user:
+        root = Path(environ.get("HOME") or Path.home())
+    else:
+        root = Path("/")
+    # Only on this machine's own / and as root do the systemd tools act on what we wrote.
+    live = not args.user and root == Path("/") and os.geteuid() == 0
+
+    def create_user(sysusers_file: Path) -> None:
+        tool = shutil.which("systemd-sysusers")
+        if tool is None:
+            print("no systemd-sysusers here: create the freshtoken system user and group yourself", file=out)
+            return
+        _run_tool(out, tool, str(sysusers_file))
+
+    try:
+        exec_start = units.default_exec_start()
+        done = units.install_units(root, exec_start=exec_start, user=args.user, create_user=create_user if live else None)
+    except LookupError as exc:
+        raise FreshtokenError(str(exc)) from None
+    except PermissionError as exc:
+        hint = "run it as root, or use --user" if not args.user else "check the directory's owner"
+        raise FreshtokenError(f"cannot write {exc.filename}: permission denied ({hint})") from None
+    for item in done:
+        print(item, file=out)
+    reloaded = False
+    if live and shutil.which("systemctl"):
+        reloaded = _run_tool(out, "systemctl", "daemon-reload")
+    print(_next_steps(done[-1].path, exec_start, user=args.user, live=live, reloaded=reloaded), file=out)
+    return 0
+
+
+def _run_tool(out: IO[str], *argv: str) -> bool:
+    """Run a systemd tool, saying so; its failure is reported, not fatal (the files are written and the next steps say the rest)."""
+    import subprocess
+
+    print(f"running {' '.join(argv)}", file=out)
+    out.flush()
+    result = subprocess.run(argv, check=False, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        print(f"warning: {argv[0]} exited {result.returncode}", file=out)
+    return result.returncode == 0
+
+
+def _next_steps(config: Any, exec_start: str, *, user: bool, live: bool, reloaded: bool) -> str:
+    """What is left to do after install-systemd, as commands to paste (paths as written; a --root tree says so)."""
+    import shlex
+
+    secret = shlex.quote(str(config.parent / "spotify-client-secret"))
+    command = shlex.quote(exec_start)
+    systemctl = "systemctl --user" if user else "systemctl"
+    steps = []
+    if not user and not live:
+        steps.append(["create the freshtoken user and group (on the system that runs it): systemd-sysusers"])
+    steps.append([f"edit {config}: client_id and scopes (leave state_dir and token_dir to the unit)"])
+    steps.append(
+        [
+            "store the client secret, never readable by others (`read -s` does not echo; printf is a shell builtin):",
+            f"  install -m 0600 /dev/null {secret}",
+            f"  read -rs SECRET && printf '%s' \"$SECRET\" > {secret}; unset SECRET",
+        ]
+    )
+    if user:
+        steps.append([f"log in once: {command} -c {shlex.quote(str(config))} login spotify"])
+    else:
+        steps.append(
+            [
+                "log in once as the service user, in the unit's directories (systemd/README.md, step 4):",
+                "  systemd-run --pty --wait --collect -p User=freshtoken -p Group=freshtoken -p UMask=0027 \\",
+                "    -p StateDirectory=freshtoken -p StateDirectoryMode=0700 \\",
+                "    -p RuntimeDirectory=freshtoken -p RuntimeDirectoryMode=0750 -p RuntimeDirectoryPreserve=yes \\",
+                "    -p LoadCredential=spotify-client-secret:/etc/freshtoken/spotify-client-secret \\",
+                f"    {command} -c /etc/freshtoken/config.yaml login spotify --manual",
+            ]
+        )
+    enable = f"{systemctl} enable --now freshtoken"
+    steps.append([enable if reloaded else f"{systemctl} daemon-reload && {enable}"])
+    if user:
+        steps[-1].append("(`loginctl enable-linger` keeps it running while you are logged out)")
+    lines = ["", "next steps:"]
+    for number, (first, *rest) in enumerate(steps, 1):
+        lines.append(f"  {number}. {first}")
+        lines += [f"     {line}" for line in rest]
+    return "\n".join(lines)
 
 
 COMMANDS: dict[str, Any] = {
@@ -350,6 +484,7 @@ COMMANDS: dict[str, Any] = {
     "run": cmd_run,
     "login": cmd_login,
     "demo": cmd_demo,
+    "install-systemd": cmd_install_systemd,
 }
 
 
@@ -385,16 +520,23 @@ def _worse(a: int, b: int) -> int:
     return a if SEVERITY.get(a, 2) >= SEVERITY.get(b, 2) else b
 
 
-def _setup_logging(verbosity: int, environ: Mapping[str, str], stream: IO[str]) -> None:
+def _setup_logging(
+    args: argparse.Namespace, verbosity: int, environ: Mapping[str, str], stream: IO[str], *, accounts: Any = frozenset
+) -> None:
+    """Log to `stream` at the level -v asks for, in --log-format (else $FRESHTOKEN_LOG_FORMAT, else plain)."""
     import logging
 
     from freshtoken.systemd import make_log_handler
 
+    log_format = args.log_format or environ.get("FRESHTOKEN_LOG_FORMAT") or "plain"
+    if log_format not in LOG_FORMATS:
+        raise UsageError(f"$FRESHTOKEN_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.addHandler(make_log_handler(environ, stream=stream))  # type: ignore[arg-type]  # any text stream will do
+    handler = make_log_handler(environ, stream=stream, log_format=log_format, accounts=accounts)  # type: ignore[arg-type]  # any text stream
+    root.addHandler(handler)
     root.setLevel(level)
     # urllib3 at DEBUG logs request lines; keep it quiet whatever -v says.
     logging.getLogger("urllib3").setLevel(logging.WARNING)

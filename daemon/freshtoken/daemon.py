@@ -52,6 +52,7 @@ WARN_RT_BEFORE = 14 * 86400
 STOP_GRACE = 2.0  # seconds an in-flight refresh may take to finish after SIGTERM (a stop must not wait out a read timeout)
 PERMANENT_BASE = 30.0  # first retry after a permanent refusal: a user has to fix something; do not hammer the provider
 MIN_RETRY = 1.0  # the shortest cap on a retry while the current token still lives
+HEARTBEAT_FILE = "daemon.heartbeat"  # status.HEARTBEAT_FILE: touched at start and at every heartbeat
 MAX_PLAN = 366 * 86400.0  # no plan lies further ahead: an absurd stored expiry must not overflow the scheduler's datetime
 
 
@@ -364,6 +365,7 @@ class Daemon:
                 for name in list(self.slots):
                     self.start_account(name)
                 self._check_ready()
+                self.touch_heartbeat()
                 self._loop()
             finally:
                 systemd.notify({"STOPPING": 1, "STATUS": "stopping"}, environ=self.environ)
@@ -411,6 +413,7 @@ class Daemon:
 
     def beat(self) -> None:
         """The heartbeat: wake the scheduler, ping the watchdog, pick up new logins, warn of dying refresh tokens."""
+        self.touch_heartbeat()
         now = self.clock()
         # APScheduler sleeps on the monotonic clock, so after a suspend it oversleeps a job
         # whose wall-clock time has passed: wake it then. Only then: every wake-up of an idle
@@ -427,6 +430,17 @@ class Daemon:
         if systemd.watchdog_interval(self.environ):
             systemd.notify("WATCHDOG=1", environ=self.environ)
         systemd.notify({"STATUS": self.summary()}, environ=self.environ)
+
+    def touch_heartbeat(self) -> None:
+        """Set the mtime of <state_dir>/daemon.heartbeat (0600, empty) to now: `status` shows it as the last heartbeat."""
+        try:
+            fd = os.open(self.store.dir / HEARTBEAT_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.utime(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:  # only `status` loses a figure; the beat goes on
+            log.debug("cannot touch %s: %s", HEARTBEAT_FILE, exc.strerror or exc)
 
     def rescan(self, *, parked_only: bool = False) -> None:
         """Re-read each account whose state file changed on disk (a login by another process) and plan it anew.

@@ -118,9 +118,103 @@ def _error_row(config: Config, account: Account, reason: str) -> dict[str, Any]:
     }
 
 
-def render_header(config: Config) -> str:
-    """Which files `status` read: a reader of the system install must see that it looks at the service's dirs."""
-    return f"config     {config.file}\nstate dir  {config.state_dir}\ntoken dir  {config.token_dir}\n"
+def render_header(config: Config, daemon: dict[str, Any] | None = None, now: float | None = None) -> str:
+    """Which files `status` read (a reader of the system install must see that it looks at the service's dirs), and the daemon."""
+    text = f"config     {config.file}\nstate dir  {config.state_dir}\ntoken dir  {config.token_dir}\n"
+    if daemon is not None:
+        text += f"daemon     {describe_daemon(daemon, now)}\n"
+    return text
+
+
+# ---------------------------------------------------------------- is a daemon running?
+
+PID_FILE = "daemon.pid"  # store.DaemonLock: flock'ed by the running daemon, which wrote its pid there
+HEARTBEAT_FILE = "daemon.heartbeat"  # daemon.HEARTBEAT_FILE: its mtime is the daemon's last heartbeat
+
+
+def daemon_status(state_dir: Path) -> dict[str, Any]:
+    """Whether a daemon holds this state dir's lock: its pid, start time and last heartbeat (epoch seconds).
+
+    Looks only: the lock is found in /proc/locks (taking it, even for a moment, could make a starting
+    daemon fail), no signal is sent, nothing is written. `running` is None when it cannot be told.
+    """
+    pid_file = state_dir / PID_FILE
+    found: dict[str, Any] = {"running": False, "pid": None, "since": None, "last_heartbeat": None, "pid_file": str(pid_file)}
+    try:
+        with open(pid_file, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            text = handle.read(32).decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        return found  # no daemon ever ran here
+    except OSError as exc:
+        return {**found, "running": None, "error": f"cannot read {pid_file}: {exc.strerror or type(exc).__name__}"}
+    written = int(text) if text.isdigit() else None
+    try:
+        holders = _flock_holders(info.st_dev, info.st_ino, written)
+    except OSError as exc:
+        return {**found, "running": None, "error": f"cannot read /proc/locks: {exc.strerror or type(exc).__name__}"}
+    if not holders:
+        return found  # a pid file left behind: its daemon has stopped
+    # The pid the daemon wrote, if it holds the lock; else the holder /proc/locks names (the file may be mid-write).
+    pid = written if written in holders else holders[0]
+    found.update(running=True, pid=pid, since=_process_start(pid))
+    try:
+        beat = (state_dir / HEARTBEAT_FILE).stat().st_mtime
+    except OSError:
+        beat = None
+    # A heartbeat file older than this daemon was left by an earlier one.
+    found["last_heartbeat"] = beat if beat is not None and (found["since"] is None or beat >= found["since"] - 1) else None
+    return found
+
+
+def _flock_holders(dev: int, ino: int, written: int | None) -> list[int]:
+    """Pids that hold a lock on the file (dev, ino), from /proc/locks.
+
+    Lines read `1: FLOCK  ADVISORY  WRITE 4242 fe:00:2146395 0 EOF` (`->` marks a waiter). On a stacked
+    file system (overlayfs) the lock may sit on the lower inode's device: then the inode number and the
+    pid the daemon wrote must both agree.
+    """
+    with open("/proc/locks") as handle:
+        lines = handle.read().splitlines()
+    ours = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    holders = []
+    for line in lines:
+        words = line.split()
+        if len(words) < 6 or words[1] == "->" or not words[4].lstrip("-").isdigit():
+            continue
+        pid, where = int(words[4]), words[5]
+        if where == ours or (where.rsplit(":", 1)[-1] == str(ino) and pid == written):
+            holders.append(pid)
+    return holders
+
+
+def _process_start(pid: int) -> float | None:
+    """When process `pid` started (epoch seconds), from /proc/<pid>/stat and the boot time; None if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rpartition(")")[2].split()  # after the command name, which may hold blanks
+        with open("/proc/stat") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks since boot
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def describe_daemon(daemon: dict[str, Any], now: float | None = None) -> str:
+    """The header's daemon line: `running, pid 4242, since ..., last heartbeat ... (12s ago)`, `not running`, or why unknown."""
+    import time
+
+    now = time.time() if now is None else now
+    if daemon["running"] is None:
+        return f"unknown ({daemon.get('error', 'cannot tell')})"
+    if not daemon["running"]:
+        return "not running"
+    parts = [f"running, pid {daemon['pid']}"]
+    if daemon["since"] is not None:
+        parts.append(f"since {_when(daemon['since'])}")
+    beat = daemon["last_heartbeat"]
+    parts.append(f"last heartbeat {_when(beat)} ({humanize(max(0.0, now - beat))} ago)" if beat is not None else "no heartbeat yet")
+    return ", ".join(parts)
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:

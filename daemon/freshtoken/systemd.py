@@ -1,19 +1,24 @@
-"""systemd integration: sd_notify, the watchdog interval, journal-aware log handlers.
+"""systemd integration: sd_notify, the watchdog interval, journal-aware log handlers (plain or JSON lines).
 
 Stdlib only; functions take the environment as a parameter, do nothing outside systemd.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime, timezone
 from typing import TextIO
 
 __all__ = [
+    "LOG_FORMATS",
+    "JsonFormatter",
     "JournalFormatter",
     "make_log_handler",
     "notify",
@@ -24,6 +29,7 @@ __all__ = [
 ]
 
 HUMAN_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+LOG_FORMATS = ("plain", "json")
 
 
 def _payload(message: str | Mapping[str, object]) -> bytes:
@@ -114,17 +120,90 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in lines)
 
 
-def make_log_handler(environ: Mapping[str, str] = os.environ, stream: TextIO | None = None) -> logging.Handler:
+# The canonical lines: `refreshed account=NAME expires_in=3599s rotated=no`, an optional event word then key=value pairs.
+_CANONICAL = re.compile(r"(?:([a-z_]+) )?(account=.*)", re.DOTALL)
+_PAIR = re.compile(r"(\w+)=(.*?)(?= \w+=|$)", re.DOTALL)  # a value runs to the next ` key=` (a scope may hold blanks)
+_SECONDS = re.compile(r"-?\d+s?")
+# `NAME: what happened` and `hook for NAME ...`: the account a free-text line is about, when NAME is one.
+_ABOUT = re.compile(r"(?:hook for )?([^\s:]+)[: ]")
+_RESERVED = frozenset({"time", "level", "logger", "message"})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (RFC 3339, UTC), level, logger, message, and the account when there is one.
+
+    Only the formatted message goes out, never the record's args: the messages are written to be
+    secret-free, the args are not. A canonical `event account=... key=value` line also gives its
+    pairs as fields (integers for counts and `...s` durations, true/false for yes/no).
+    `accounts()` names the configured accounts, so that `NAME: ...` lines get their account too.
+    """
+
+    def __init__(self, accounts: Callable[[], Collection[str]] = frozenset, *, journal: bool = False) -> None:
+        super().__init__()
+        self.accounts = accounts
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": message,
+        }
+        for key, value in self.fields(record, message).items():
+            entry.setdefault(key, value)
+        if record.exc_info:  # what the plain format shows too (-vv only: internal errors log their traceback at DEBUG)
+            entry["traceback"] = self.formatException(record.exc_info)
+        line = json.dumps(entry)  # escapes newlines and control characters: one record, one line
+        # In the journal the <N> prefix sets the priority; journald strips it, MESSAGE stays pure JSON.
+        return f"<{syslog_priority(record.levelno)}>{line}" if self.journal else line
+
+    def fields(self, record: logging.LogRecord, message: str) -> dict[str, object]:
+        canonical = _CANONICAL.fullmatch(message)
+        if canonical:
+            fields: dict[str, object] = {"event": canonical[1]} if canonical[1] else {}
+            for key, value in _PAIR.findall(canonical[2]):
+                if key not in _RESERVED:
+                    fields[key] = value if key == "account" else _value(value)
+            return fields
+        account = getattr(record, "account", None)
+        if isinstance(account, str):
+            return {"account": account}
+        about = _ABOUT.match(message)
+        if about and about[1] in self.accounts():
+            return {"account": about[1]}
+        return {}
+
+
+def _value(text: str) -> object:
+    if _SECONDS.fullmatch(text) and len(text) < 20:
+        return int(text.rstrip("s"))
+    return {"yes": True, "no": False}.get(text, text)
+
+
+def make_log_handler(
+    environ: Mapping[str, str] = os.environ,
+    stream: TextIO | None = None,
+    *,
+    log_format: str = "plain",
+    accounts: Callable[[], Collection[str]] = frozenset,
+) -> logging.Handler:
     """A log handler on ``stream`` (default: the current ``sys.stderr``).
 
-    Journal style (priority prefix, no timestamp) when the stream is the journal;
-    otherwise timestamp, level and message.
+    ``plain``: journal style (priority prefix, no timestamp) when the stream is the journal,
+    otherwise timestamp, level and message. ``json``: JsonFormatter lines (priority-prefixed in the journal).
     """
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
     stream = sys.stderr if stream is None else stream
     try:
         journal = stderr_is_journal(environ, stream.fileno())
     except (OSError, ValueError):  # io.UnsupportedOperation: no fd behind the stream
         journal = False
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JournalFormatter() if journal else logging.Formatter(HUMAN_FORMAT))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter(accounts, journal=journal))
+    else:
+        handler.setFormatter(JournalFormatter() if journal else logging.Formatter(HUMAN_FORMAT))
     return handler

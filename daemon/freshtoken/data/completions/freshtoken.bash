@@ -6,21 +6,31 @@
 #    source ~/.local/share/bash_completion/freshtoken
 # See also: https://github.com/scop/bash-completion/blob/main/doc/configuration.md
 
-_shtab_freshtoken_subparsers=(run login refresh get status check-config demo)
+_shtab_freshtoken_subparsers=(run login refresh get status check-config install-systemd demo)
 
-_shtab_freshtoken_run_option_strings=(-h --help -c --config -v --verbose)
-_shtab_freshtoken_login_option_strings=(-h --help -c --config -v --verbose --no-browser --manual --timeout)
-_shtab_freshtoken_refresh_option_strings=(-h --help -c --config -v --verbose --if-needed)
-_shtab_freshtoken_get_option_strings=(-h --help -c --config -v --verbose --format --min-valid --token-dir)
-_shtab_freshtoken_status_option_strings=(-h --help -c --config -v --verbose --json)
-_shtab_freshtoken_check_config_option_strings=(-h --help -c --config -v --verbose)
-_shtab_freshtoken_demo_option_strings=(-h --help -c --config -v --verbose --duration --lifetime)
-_shtab_freshtoken_option_strings=(-h --help -c --config -v --verbose --version)
+_shtab_freshtoken_run_option_strings=(-h --help -c --config -v --verbose --log-format)
+_shtab_freshtoken_login_option_strings=(-h --help -c --config -v --verbose --log-format --no-browser --manual --timeout)
+_shtab_freshtoken_refresh_option_strings=(-h --help -c --config -v --verbose --log-format --if-needed)
+_shtab_freshtoken_get_option_strings=(-h --help -c --config -v --verbose --log-format --format --min-valid --token-dir)
+_shtab_freshtoken_status_option_strings=(-h --help -c --config -v --verbose --log-format --json)
+_shtab_freshtoken_check_config_option_strings=(-h --help -c --config -v --verbose --log-format)
+_shtab_freshtoken_install_systemd_option_strings=(-h --help -c --config -v --verbose --log-format --user --root)
+_shtab_freshtoken_demo_option_strings=(-h --help -c --config -v --verbose --log-format --duration --lifetime)
+_shtab_freshtoken_option_strings=(-h --help -c --config -v --verbose --log-format --version)
 
 
 
+_shtab_freshtoken_run___log_format_choices=(plain json)
+_shtab_freshtoken_login___log_format_choices=(plain json)
+_shtab_freshtoken_refresh___log_format_choices=(plain json)
+_shtab_freshtoken_get___log_format_choices=(plain json)
 _shtab_freshtoken_get___format_choices=(raw json header env)
-_shtab_freshtoken_pos_0_choices=(run login refresh get status check-config demo)
+_shtab_freshtoken_status___log_format_choices=(plain json)
+_shtab_freshtoken_check_config___log_format_choices=(plain json)
+_shtab_freshtoken_install_systemd___log_format_choices=(plain json)
+_shtab_freshtoken_demo___log_format_choices=(plain json)
+_shtab_freshtoken_pos_0_choices=(run login refresh get status check-config install-systemd demo)
+_shtab_freshtoken___log_format_choices=(plain json)
 
 _shtab_freshtoken_run__h_nargs=0
 _shtab_freshtoken_run___help_nargs=0
@@ -51,6 +61,11 @@ _shtab_freshtoken_check_config__h_nargs=0
 _shtab_freshtoken_check_config___help_nargs=0
 _shtab_freshtoken_check_config__v_nargs=0
 _shtab_freshtoken_check_config___verbose_nargs=0
+_shtab_freshtoken_install_systemd__h_nargs=0
+_shtab_freshtoken_install_systemd___help_nargs=0
+_shtab_freshtoken_install_systemd__v_nargs=0
+_shtab_freshtoken_install_systemd___verbose_nargs=0
+_shtab_freshtoken_install_systemd___user_nargs=0
 _shtab_freshtoken_demo__h_nargs=0
 _shtab_freshtoken_demo___help_nargs=0
 _shtab_freshtoken_demo__v_nargs=0
