@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
         " then print the plan. `run` makes the same checks before it starts.",
     )
 
+    from freshtoken.configedit import add_arguments
+
+    add_arguments(sub.add_parser("add", help="add an account to the config file (comments kept), then log in"))
+
     install = sub.add_parser(
         "install-systemd",
         help="write the systemd unit, sysusers snippet and a config for this install",
@@ -383,6 +387,12 @@ def cmd_demo(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str],
     return demo(duration=args.duration, lifetime=args.lifetime, out=out)
 
 
+def cmd_add(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
+    from freshtoken.configedit import run_add
+
+    return run_add(args, environ, out, err)
+
+
 def cmd_install_systemd(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
     import shutil
     from pathlib import Path
@@ -484,6 +494,7 @@ COMMANDS: dict[str, Any] = {
     "run": cmd_run,
     "login": cmd_login,
     "demo": cmd_demo,
+    "add": cmd_add,
     "install-systemd": cmd_install_systemd,
 }
 

@@ -6,7 +6,7 @@
 #    source ~/.local/share/bash_completion/freshtoken
 # See also: https://github.com/scop/bash-completion/blob/main/doc/configuration.md
 
-_shtab_freshtoken_subparsers=(run login refresh get status check-config install-systemd demo)
+_shtab_freshtoken_subparsers=(run login refresh get status check-config add install-systemd demo)
 
 _shtab_freshtoken_run_option_strings=(-h --help -c --config -v --verbose --log-format)
 _shtab_freshtoken_login_option_strings=(-h --help -c --config -v --verbose --log-format --no-browser --manual --timeout)
@@ -14,6 +14,7 @@ _shtab_freshtoken_refresh_option_strings=(-h --help -c --config -v --verbose --l
 _shtab_freshtoken_get_option_strings=(-h --help -c --config -v --verbose --log-format --format --min-valid --token-dir)
 _shtab_freshtoken_status_option_strings=(-h --help -c --config -v --verbose --log-format --json)
 _shtab_freshtoken_check_config_option_strings=(-h --help -c --config -v --verbose --log-format)
+_shtab_freshtoken_add_option_strings=(-h --help -c --config -v --verbose --log-format --provider --client-id --client-secret-env --client-secret-file --client-auth --scope --redirect-uri --token-url --authorize-url --set)
 _shtab_freshtoken_install_systemd_option_strings=(-h --help -c --config -v --verbose --log-format --user --root)
 _shtab_freshtoken_demo_option_strings=(-h --help -c --config -v --verbose --log-format --duration --lifetime)
 _shtab_freshtoken_option_strings=(-h --help -c --config -v --verbose --log-format --version)
@@ -27,9 +28,11 @@ _shtab_freshtoken_get___log_format_choices=(plain json)
 _shtab_freshtoken_get___format_choices=(raw json header env)
 _shtab_freshtoken_status___log_format_choices=(plain json)
 _shtab_freshtoken_check_config___log_format_choices=(plain json)
+_shtab_freshtoken_add___log_format_choices=(plain json)
+_shtab_freshtoken_add___client_auth_choices=(basic post none)
 _shtab_freshtoken_install_systemd___log_format_choices=(plain json)
 _shtab_freshtoken_demo___log_format_choices=(plain json)
-_shtab_freshtoken_pos_0_choices=(run login refresh get status check-config install-systemd demo)
+_shtab_freshtoken_pos_0_choices=(run login refresh get status check-config add install-systemd demo)
 _shtab_freshtoken___log_format_choices=(plain json)
 
 _shtab_freshtoken_run__h_nargs=0
@@ -61,6 +64,10 @@ _shtab_freshtoken_check_config__h_nargs=0
 _shtab_freshtoken_check_config___help_nargs=0
 _shtab_freshtoken_check_config__v_nargs=0
 _shtab_freshtoken_check_config___verbose_nargs=0
+_shtab_freshtoken_add__h_nargs=0
+_shtab_freshtoken_add___help_nargs=0
+_shtab_freshtoken_add__v_nargs=0
+_shtab_freshtoken_add___verbose_nargs=0
 _shtab_freshtoken_install_systemd__h_nargs=0
 _shtab_freshtoken_install_systemd___help_nargs=0
 _shtab_freshtoken_install_systemd__v_nargs=0
