@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import base64
 import functools
+import io
 import json
 import logging
+import os
 import socket
 import threading
 import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode
 
 import pytest
 
 from fakes import FakeClock
+from freshtoken import cli
 from freshtoken.config import Account
 from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from freshtoken.errors import MalformedAnswer, RefreshFailed, TemporaryError
@@ -476,11 +480,13 @@ CODE = "code/+=&é"
 
 
 def echo(transform: Callable[[bytes], str]) -> Answer:
-    """A 400 whose error_description is the request transformed by `transform`."""
+    """A 400 whose error_description is the request transformed by `transform`; then the connection closes."""
 
     def answer(server: RawServer, conn: socket.socket, request: bytes) -> bool:
         document = {"error": "invalid_request", "error_description": transform(request)}
-        return json_answer(json.dumps(document).encode(), status="400 Bad Request")(server, conn, request)
+        headers = "Content-Type: application/json\r\nConnection: close\r\n"
+        json_answer(json.dumps(document).encode(), status="400 Bad Request", headers=headers)(server, conn, request)
+        return False
 
     return answer
 
@@ -567,3 +573,40 @@ def test_clean_server_text_redacts_every_form_strips_control_characters_and_boun
     assert clean_server_text(text, 200, hidden) == "a <redacted> b <redacted> c <redacted> d  [31mred [0m next"
     assert clean_server_text("é" * 50, 10) == "é" * 10 + "…"
     assert clean_server_text("plain", 10) == "plain"
+
+
+def test_an_echoing_server_leaves_no_secret_in_last_error_or_status(write_config: Callable[..., Path]) -> None:
+    """`refresh` with client_auth post against a server echoing the form body stores and shows only <redacted> forms."""
+    path = write_config(
+        """\
+        state_dir: {state}
+        token_dir: {tokens}
+        accounts:
+          demo:
+            token_url: {url}
+            client_id: {client_id}
+            client_secret: "{secret}"
+            client_auth: post
+            refresh_token: "{seed}"
+        """,
+        url="{url}",
+        client_id=DEMO_CLIENT_ID,
+        secret=CLIENT_SECRET,
+        seed=REFRESH_TOKEN,
+    )
+    with RawServer(echo(request_body), echo(reencoded)) as server:
+        path.write_text(path.read_text().replace("{url}", server.url))
+        printed = [run_cli("-c", str(path), "refresh"), run_cli("-c", str(path), "refresh")]
+    printed += [run_cli("-c", str(path), "status"), run_cli("-c", str(path), "status", "--json")]
+    last_error = json.loads((path.parent / "state" / "demo.json").read_text())["last_error"]
+    assert [code for code, _ in printed] == [1, 1, 0, 0]
+    assert "<redacted>" in last_error
+    text = last_error + "".join(output for _, output in printed)
+    for leaked in [*forms(CLIENT_SECRET), *forms(REFRESH_TOKEN)]:
+        assert leaked.lower() not in text.lower(), leaked
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(list(argv), environ=dict(os.environ), stdout=out, stderr=err)
+    return code, out.getvalue() + err.getvalue()
