@@ -610,3 +610,13 @@ def run_cli(*argv: str) -> tuple[int, str]:
     out, err = io.StringIO(), io.StringIO()
     code = cli.main(list(argv), environ=dict(os.environ), stdout=out, stderr=err)
     return code, out.getvalue() + err.getvalue()
+
+
+def test_clean_server_text_shows_no_part_of_a_secret_echoed_many_times() -> None:
+    """However many times a long secret is echoed, and wherever the text is cut, no piece of it shows: only the head is searched, safely."""
+    secret = "S3CRET/+" * 8
+    for repeat in range(60):
+        for pad in range(12):
+            shown = clean_server_text("y" * pad + secret * repeat, 50, [secret])
+            assert "S3C" not in shown, (repeat, pad, shown)
+            assert "S3C" not in clean_server_text(quote_plus(secret) * repeat, 200, [secret])

@@ -268,6 +268,9 @@ def clean_server_text(text: str, limit: int, hidden: Iterable[str] = ()) -> str:
     characters, ANSI escapes and line breaks become spaces, so no log line can be forged.
     """
     forms = {form for value in hidden if value for form in _encodings(value)}
+    # Only the head is shown, so only the head is searched (a 1 MiB description took 0.3 s). A redaction leaves
+    # 10 characters, so text past this window can never move up into the first `limit`, nor be a cut secret there.
+    text = text[: limit + (limit // 10 + 2) * max(map(len, forms), default=1)]
     if forms:
         pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
         text = re.sub(pattern, "<redacted>", text, flags=re.IGNORECASE)
