@@ -462,6 +462,20 @@ def test_the_deadline_also_covers_a_kept_alive_connection() -> None:
     assert server.connections == 1 and server.hung_up
 
 
+def test_a_short_deadline_after_a_long_one_still_fires() -> None:
+    """A request with a 0.5 s deadline is cut in time even right after one with a 60 s deadline (the watchdog is woken for it)."""
+    patient, hasty = client_for(Timeouts(connect=1.0, read=1.0, total=60)), client_for(Timeouts(connect=1.0, read=1.0, total=0.5))
+    head = GOOD_HEAD[:17] + b"X-Slow: " + b"." * 300 + b"\r\n" + GOOD_HEAD[17:]
+    with RawServer(json_answer(GOOD)) as quick, RawServer(trickle(head, GOOD)) as slow:
+        patient.refresh(account_at(quick.url), Secret("rt"))
+        with pytest.raises(TemporaryError, match="no complete answer within 0.5s"):
+            hasty.refresh(account_at(slow.url), Secret("rt"))
+        assert slow.done.wait(30)
+    patient.session.close()
+    hasty.session.close()
+    assert slow.hung_up
+
+
 def test_a_quick_answer_is_not_cut_by_a_later_deadline() -> None:
     """Requests that finish in time are unaffected by the watchdog, however many run back to back on one connection."""
     client = client_for(Timeouts(connect=1.0, read=1.0, total=30))
