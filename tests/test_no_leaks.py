@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -222,21 +222,33 @@ def test_daemon_failure_logs_hold_no_secret(write_config: Callable[..., Path], s
     path = write(write_config, server, seed)
     config = config_module.load(path, os.environ)
     process = subprocess.Popen(
-        [sys.executable, "-m", "freshtoken", "-vv", "-c", str(path), "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "freshtoken", "-vv", "-c", str(path), "run"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    lines: list[str] = []
+    told = threading.Event()  # set once the daemon has logged what the user must do: the line this test is about
+
+    def read_output() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if "freshtoken login demo" in line:
+                told.set()
+
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
     try:
-        assert server.wait_until(lambda s: s.token_requests >= 1 and s.requests[-1].status is not None, timeout=20)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and '"needs_login": true' not in _read(config.state_dir / "demo.json"):
-            time.sleep(0.05)
-        time.sleep(0.3)  # let the log line out
+        assert told.wait(timeout=30), "".join(lines)
     finally:
         process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=20)
-    assert process.returncode == 0, err
-    assert "invalid_grant" in err
-    assert "freshtoken login demo" in err
-    Secrets(seed, config.state_dir).assert_absent(out + err, "daemon stderr")
+        process.wait(timeout=20)
+        reader.join(timeout=20)
+        assert process.stdout is not None
+        process.stdout.close()
+    output = "".join(lines)
+    assert process.returncode == 0, output
+    assert "invalid_grant" in output
+    assert '"needs_login": true' in _read(config.state_dir / "demo.json")
+    Secrets(seed, config.state_dir).assert_absent(output, "daemon output")
 
 
 def _read(path: Path) -> str:

@@ -14,7 +14,7 @@ import pytest
 from fakes import FakeClock
 from freshtoken.config import Account
 from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PUBLIC_CLIENT_ID, AuthServer
-from freshtoken.errors import FreshtokenError, InvalidGrant, RefreshFailed, TemporaryError
+from freshtoken.errors import FreshtokenError, InvalidGrant, MalformedAnswer, RefreshFailed, TemporaryError
 from freshtoken.model import Secret
 from freshtoken.oauth import Timeouts, TokenClient, make_session
 
@@ -196,17 +196,17 @@ CASES: list[tuple[str, dict[str, Any], type[FreshtokenError], list[str]]] = [
         ["HTTP 401", "invalid_client", "bad secret"],
     ),
     ("invalid_scope", {"status": 400, "json": {"error": "invalid_scope"}}, RefreshFailed, ["HTTP 400", "invalid_scope"]),
-    ("html 200", {"status": 200, "body": "<html>login page</html>"}, TemporaryError, ["HTTP 200", "not JSON", "text/html"]),
+    ("html 200", {"status": 200, "body": "<html>login page</html>"}, MalformedAnswer, ["HTTP 200", "not JSON", "text/html"]),
     (
         "truncated json 200",
         {"status": 200, "raw": b'{"access_token": "abc", "expires', "headers": {"Content-Type": "application/json"}},
-        TemporaryError,
+        MalformedAnswer,
         ["HTTP 200", "truncated or invalid"],
     ),
     (
         "200 without access_token",
         {"status": 200, "json": {"token_type": "Bearer", "expires_in": 3600}},
-        TemporaryError,
+        MalformedAnswer,
         ["malformed", "access_token"],
     ),
     (

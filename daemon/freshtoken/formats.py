@@ -29,7 +29,7 @@ def as_json(token: AccessToken, account: str) -> dict[str, object]:
 def _document(value: str, token_type: str, expires_at: float, scope: str | None, account: str) -> dict[str, object]:
     from datetime import UTC, datetime  # here, not at the top: `get` of a raw token does not need it
 
-    expires = int(expires_at)
+    expires = _epoch(expires_at)
     return {
         "access_token": value,
         "token_type": token_type,
@@ -38,6 +38,17 @@ def _document(value: str, token_type: str, expires_at: float, scope: str | None,
         "scope": scope,
         "account": account,
     }
+
+
+def _epoch(expires_at: float) -> int:
+    """Whole epoch seconds; 0 (long expired) for an expiry no calendar holds (NaN, infinite, past year 9999).
+
+    oauth range-checks what servers say, but a state written by an older
+    version may hold anything: no output must crash on it or call it valid.
+    """
+    if not 0 <= expires_at < 253402300800:  # 9999-12-31T23:59:59Z + 1 s; NaN fails the comparison too
+        return 0
+    return int(expires_at)
 
 
 def render(fmt: str, token: AccessToken, account: str, name: str = "ACCESS_TOKEN") -> bytes:
@@ -60,5 +71,5 @@ def render_values(
         check_token(token_type)
         return f"Authorization: {token_type} {value}\n".encode()
     if fmt == "env":
-        return f"{name}={value}\n{name}_EXPIRES_AT={int(expires_at)}\n".encode()
+        return f"{name}={value}\n{name}_EXPIRES_AT={_epoch(expires_at)}\n".encode()
     raise ValueError(f"unknown output format {fmt!r}")

@@ -1,8 +1,9 @@
 """Token-endpoint HTTP. The only module that imports requests.
 
-Sends the grants, authenticates the client, reads answers leniently, and sorts
-failures into TemporaryError / InvalidGrant / RefreshFailed. Messages carry the
-status and the OAuth `error`/`error_description`, never a body or a secret.
+Sends the grants, authenticates the client, reads answers with a size cap and a
+total deadline, range-checks what they say, and sorts failures into
+TemporaryError / MalformedAnswer / InvalidGrant / RefreshFailed. Messages carry
+the status and the OAuth `error`/`error_description`, cleaned, never a body or a secret.
 """
 
 from __future__ import annotations
@@ -10,45 +11,72 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
+import math
 import re
 import secrets
+import socket
+import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus, urlencode
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from freshtoken import __version__
 from freshtoken.config import Account
-from freshtoken.errors import InvalidGrant, RefreshFailed, TemporaryError
+from freshtoken.errors import InvalidGrant, MalformedAnswer, RefreshFailed, TemporaryError
 from freshtoken.model import AccessToken, Secret, TokenResponse
 from freshtoken.timing import parse_retry_after, retry_after_capped
 
+log = logging.getLogger(__name__)
+
 USER_AGENT = f"freshtoken/{__version__} (+https://github.com/freshtoken/freshtoken)"
 TEMPORARY_CODES = {"server_error", "temporarily_unavailable", "slow_down"}
-ASSUMED_LIFETIME = 3600  # when a server leaves out expires_in (RFC 6749 lets it)
+ASSUMED_LIFETIME = 3600  # when a server leaves out expires_in (RFC 6749 lets it), or says more than a year
+MAX_LIFETIME = 365 * 86400  # an access token said to live longer is a unit mistake (ms), not a plan
+MAX_REFRESH_LIFETIME = 10 * 365 * 86400
+MAX_ANSWER = 1024 * 1024  # a token answer is a few KB; the cap holds for the raw and the decoded body
+_PIECE = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
+    """Seconds to connect, to wait for each read, and for the whole request (connect to last byte).
+
+    `total=None` means connect + read: a server trickling a byte before every
+    read timeout could otherwise hold a worker for hours.
+    """
+
     connect: float = 10.0
     read: float = 30.0
+    total: float | None = None
+
+    @property
+    def deadline(self) -> float:
+        return self.total if self.total is not None else self.connect + self.read
 
 
 def make_session(pool_size: int = 4) -> requests.Session:
-    """A session with keep-alive, TLS verification and no hidden retries.
+    """A session with keep-alive, TLS verification, no hidden retries, and sockets the deadline can reach.
 
     urllib3's own retries would stack under our backoff and spend a rotated
     refresh token twice; freshtoken's scheduler is the only place that retries.
     """
     session = requests.Session()
-    adapter = HTTPAdapter(max_retries=0, pool_connections=pool_size, pool_maxsize=pool_size)
+    adapter = _WatchedAdapter(max_retries=0, pool_connections=pool_size, pool_maxsize=pool_size)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.headers["User-Agent"] = USER_AGENT
+    # Only what _read_capped can decode with a bound (brotli or zstd, when installed, would be offered too).
+    session.headers["Accept-Encoding"] = "gzip, deflate"
     session.verify = True
     session.trust_env = True  # proxies and REQUESTS_CA_BUNDLE from the environment are the user's to set
     return session
@@ -79,9 +107,11 @@ class TokenClient:
 
     def exchange_code(self, account: Account, code: str, redirect_uri: str, code_verifier: str | None) -> TokenResponse:
         form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
+        in_play = [Secret(code)]
         if code_verifier:
             form["code_verifier"] = code_verifier
-        return self._request(account, form, secrets_in_play=[Secret(code)])
+            in_play.append(Secret(code_verifier))
+        return self._request(account, form, secrets_in_play=in_play)
 
     # ------------------------------------------------------------ transport
 
@@ -89,46 +119,79 @@ class TokenClient:
         headers = {"Accept": "application/json"}
         form = dict(form)
         secret = account.client_secret.reveal() if account.client_secret else None
+        hidden = [s.reveal() for s in secrets_in_play] + account.secrets()
         if account.client_auth == "basic" and secret is not None:
             # RFC 6749 §2.3.1: form-encode id and secret before base64.
             pair = f"{quote_plus(account.client_id or '')}:{quote_plus(secret)}"
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+            hidden += [headers["Authorization"][6:], base64.b64encode(f"{account.client_id or ''}:{secret}".encode()).decode()]
         elif account.client_auth == "post" and secret is not None:
             form["client_id"] = account.client_id or ""
             form["client_secret"] = secret
         else:
             form["client_id"] = account.client_id or ""
-        hidden = [s.reveal() for s in secrets_in_play] + account.secrets()
+        host = _host(account.token_url)
         started = self.clock()
+        watch = _WATCHDOG.start(self.timeouts.deadline)
+        response: requests.Response | None = None
         try:
-            response = self.session.post(
-                account.token_url,
-                data=form,
-                headers=headers,
-                timeout=(self.timeouts.connect, self.timeouts.read),
-                allow_redirects=False,
-                auth=_headers_as_given,  # else requests takes credentials from ~/.netrc over ours
-            )
+            try:
+                response = self.session.post(
+                    account.token_url,
+                    data=form,
+                    headers=headers,
+                    timeout=(self.timeouts.connect, self.timeouts.read),
+                    allow_redirects=False,
+                    stream=True,  # read by _read_capped, never whole
+                    auth=_headers_as_given,  # else requests takes credentials from ~/.netrc over ours
+                )
+                _WATCHDOG.add(watch, _socket_of(response))  # the headers are in; a session of our own covered them too
+                try:
+                    body, unreadable = _read_capped(response, MAX_ANSWER, hidden), None
+                except _Unreadable as exc:
+                    body, unreadable = b"", str(exc)
+            finally:
+                _WATCHDOG.stop(watch)
+                if watch.expired:
+                    raise TemporaryError(f"no complete answer within {self.timeouts.deadline:g}s ({host})") from None
         except requests.Timeout as exc:
             kind = "connecting" if isinstance(exc, requests.ConnectTimeout) else "waiting for an answer"
-            raise TemporaryError(f"timed out {kind} ({_host(account.token_url)})") from None
-        except requests.exceptions.SSLError:
-            raise TemporaryError(f"TLS verification failed for {_host(account.token_url)}") from None
+            raise TemporaryError(f"timed out {kind} ({host})") from None
+        except urllib3.exceptions.ReadTimeoutError:
+            raise TemporaryError(f"timed out waiting for an answer ({host})") from None
+        except (requests.exceptions.SSLError, urllib3.exceptions.SSLError):
+            raise TemporaryError(f"TLS verification failed for {host}") from None
         except requests.ConnectionError as exc:
-            raise TemporaryError(f"cannot reach {_host(account.token_url)}: {_connection_reason(exc)}") from None
-        except requests.RequestException as exc:
-            raise TemporaryError(f"request to {_host(account.token_url)} failed: {type(exc).__name__}") from None
-        return self._interpret(response, started, hidden)
+            raise TemporaryError(f"cannot reach {host}: {_connection_reason(exc)}") from None
+        except urllib3.exceptions.ProtocolError as exc:
+            raise TemporaryError(f"cannot reach {host}: {_connection_reason(exc)}") from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+            raise TemporaryError(f"request to {host} failed: {type(exc).__name__}") from None
+        finally:
+            if response is not None:
+                response.close()  # after a complete read the connection is already back in the pool
+        return self._interpret(response.status_code, response.headers, body, unreadable, started, hidden, account.name)
 
-    def _interpret(self, response: requests.Response, started: float, hidden: list[str]) -> TokenResponse:
-        status = response.status_code
-        body = _json_or_none(response)
-        retry_after = retry_after_capped(parse_retry_after(response.headers.get("Retry-After"), now=self.clock()))
+    def _interpret(
+        self,
+        status: int,
+        headers: Any,
+        content: bytes,
+        unreadable: str | None,
+        started: float,
+        hidden: list[str],
+        account: str,
+    ) -> TokenResponse:
+        body = None if unreadable else _json_or_none(content)
+        kind = unreadable or _content_kind(headers, content)
+        retry_after = _retry_after(headers.get("Retry-After"), now=self.clock())
         if 200 <= status < 300:
+            if unreadable:
+                raise MalformedAnswer(f"HTTP {status} answer refused: {unreadable}")
             if not isinstance(body, dict):
-                raise TemporaryError(f"HTTP {status} but the answer is not JSON ({_content_kind(response)})")
+                raise MalformedAnswer(f"HTTP {status} but the answer is not JSON ({kind})")
             if "access_token" in body or not isinstance(body.get("error"), str):
-                return parse_token_response(body, now=started)
+                return parse_token_response(body, now=started, hidden=hidden, account=account)
             # Some servers (GitHub among them) send OAuth errors with 200: the error code decides.
         error = body.get("error") if isinstance(body, dict) else None
         description = body.get("error_description") if isinstance(body, dict) else None
@@ -136,9 +199,10 @@ class TokenClient:
             error = None  # e.g. Spotify Web API's {"error": {"status": ..., "message": ...}}: no OAuth code
         detail = f"HTTP {status}"
         if error:
-            detail += f" {_clean(error, hidden, 60)}"
+            error = clean_server_text(error, 60, hidden)
+            detail += f" {error}"
             if isinstance(description, str) and description:
-                detail += f": {_clean(description, hidden, 200)}"
+                detail += f": {clean_server_text(description, 200, hidden)}"
         if status in (408, 429) or status >= 500 or error in TEMPORARY_CODES:
             raise TemporaryError(detail, retry_after=retry_after)
         if 300 <= status < 400:
@@ -148,34 +212,69 @@ class TokenClient:
         if error == "invalid_client" or status == 401:
             raise RefreshFailed(f"{detail} (check client_id and the client secret)")
         if not error:
-            raise RefreshFailed(f"{detail} without an OAuth error ({_content_kind(response)}); check token_url")
+            raise RefreshFailed(f"{detail} without an OAuth error ({kind}); check token_url")
         raise RefreshFailed(detail)
 
 
-def parse_token_response(body: dict[str, Any], *, now: float) -> TokenResponse:
-    """Validate a 2xx JSON answer, leniently where real servers differ."""
+def parse_token_response(body: dict[str, Any], *, now: float, hidden: Iterable[str] = (), account: str = "") -> TokenResponse:
+    """Validate a 2xx JSON answer, leniently where real servers differ, strictly about numbers.
+
+    expires_in absent: ASSUMED_LIFETIME. Present but not a finite positive number:
+    MalformedAnswer carrying the answer's refresh token (the old one may be spent).
+    Above MAX_LIFETIME: ASSUMED_LIFETIME with a warning, never longer than the server said.
+    """
+    refresh_token = body.get("refresh_token")
+    rotated = Secret(refresh_token) if isinstance(refresh_token, str) and refresh_token else None
     access_token = body.get("access_token")
     if not isinstance(access_token, str) or not access_token:
-        raise TemporaryError("malformed answer: no access_token in a successful response")
+        raise MalformedAnswer("malformed answer: no access_token in a successful response", refresh_token=rotated)
     raw_type = body.get("token_type")
-    token_type = "Bearer" if not isinstance(raw_type, str) or raw_type.lower() == "bearer" else raw_type
-    lifetime = _seconds(body.get("expires_in"))
-    if lifetime is None:
-        lifetime = ASSUMED_LIFETIME
+    token_type = "Bearer" if not isinstance(raw_type, str) or raw_type.lower() == "bearer" else clean_server_text(raw_type, 40, hidden)
+    raw_lifetime = body.get("expires_in")
+    if raw_lifetime is None:
+        lifetime = float(ASSUMED_LIFETIME)
+    else:
+        seconds = _positive_seconds(raw_lifetime)
+        if seconds is None:
+            shown = clean_server_text(str(raw_lifetime), 40, hidden)
+            raise MalformedAnswer(f"malformed answer: expires_in {shown} is not a positive number of seconds", refresh_token=rotated)
+        lifetime = seconds
+        if lifetime > MAX_LIFETIME:
+            shown = clean_server_text(str(raw_lifetime), 40, hidden)
+            log.warning("%s: the server says expires_in %s, more than a year; assuming %ds", account or "token", shown, ASSUMED_LIFETIME)
+            lifetime = float(ASSUMED_LIFETIME)
     scope = body.get("scope")
-    refresh_token = body.get("refresh_token")
-    rt_lifetime = _seconds(body.get("refresh_token_expires_in"))
+    rt_lifetime = _positive_seconds(body.get("refresh_token_expires_in"))
+    if rt_lifetime is not None and rt_lifetime > MAX_REFRESH_LIFETIME:
+        rt_lifetime = None  # not a sane number: the refresh token's expiry stays unknown
     return TokenResponse(
         access=AccessToken(
             access_token=Secret(access_token),
             token_type=token_type,
             expires_at=now + lifetime,
-            scope=scope if isinstance(scope, str) else None,
+            scope=clean_server_text(scope, 4096, hidden) if isinstance(scope, str) else None,
         ),
-        refresh_token=Secret(refresh_token) if isinstance(refresh_token, str) and refresh_token else None,
-        refresh_token_expires_at=now + rt_lifetime if rt_lifetime else None,
+        refresh_token=rotated,
+        refresh_token_expires_at=now + rt_lifetime if rt_lifetime is not None else None,
         obtained_at=now,
     )
+
+
+def clean_server_text(text: str, limit: int, hidden: Iterable[str] = ()) -> str:
+    """A server's words, made safe to show, log or store: no secret, printable characters only, at most `limit` long.
+
+    Each hidden value is redacted as sent literally, form-encoded, percent-encoded
+    and base64-encoded, in any letter case (servers re-encode %2f as %2F). Control
+    characters, ANSI escapes and line breaks become spaces, so no log line can be forged.
+    """
+    forms = {form for value in hidden if value for form in _encodings(value)}
+    # Only the head is shown, so only the head is searched (a 1 MiB description took 0.3 s). A redaction leaves
+    # 10 characters, so text past this window can never move up into the first `limit`, nor be a cut secret there.
+    text = text[: limit + (limit // 10 + 2) * max(map(len, forms), default=1)]
+    for form in sorted(forms, key=len, reverse=True):  # longest first: a literal inside a longer encoded form
+        text = _replace_ascii_nocase(text, form, "<redacted>")
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return text[:limit] + ("…" if len(text) > limit else "")
 
 
 # ---------------------------------------------------------------- authorization requests (login)
@@ -206,6 +305,204 @@ def authorize_url(account: Account, redirect_uri: str, state: str, code_challeng
     return account.authorize_url + separator + urlencode(params, quote_via=quote)
 
 
+# ---------------------------------------------------------------- bounded answers
+
+
+class _Unreadable(Exception):
+    """An answer freshtoken will not read to the end (too big, an encoding it did not ask for, corrupt)."""
+
+
+def _read_capped(response: requests.Response, limit: int, hidden: Iterable[str]) -> bytes:
+    """The body, decoded by us piece by piece, refused as soon as either the raw or the decoded size passes `limit`.
+
+    urllib3 before 2.6 inflates a whole compressed piece at once (a 300 KB gzip
+    bomb is 300 MB), so the decoding happens here, with zlib's max_length.
+    """
+    length = response.headers.get("Content-Length", "").strip()
+    if length.isascii() and length.isdigit() and (len(length) > 15 or int(length) > limit):
+        raise _Unreadable(f"Content-Length above the {_size(limit)} limit")
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
+        raise _Unreadable(f"unsupported Content-Encoding {clean_server_text(encoding, 40, hidden)}")
+    inflater: Any = None  # zlib's decompress object has no public type
+    taken = 0
+    body = bytearray()
+    while piece := response.raw.read(_PIECE, decode_content=False):
+        taken += len(piece)
+        if taken > limit:
+            raise _Unreadable(f"more than {_size(limit)}")
+        if encoding in ("", "identity"):
+            body += piece
+            continue
+        if inflater is None:
+            inflater = zlib.decompressobj(_wbits(encoding, piece))
+        try:
+            # max_length > 0 always (0 would mean unbounded); short of it, zlib has used all the input.
+            body += inflater.decompress(piece, limit - len(body) + 1)
+        except zlib.error:
+            raise _Unreadable(f"corrupt {encoding} data") from None
+        if len(body) > limit:
+            raise _Unreadable(f"more than {_size(limit)} once decompressed")
+    return bytes(body)
+
+
+def _wbits(encoding: str, first: bytes) -> int:
+    if encoding != "deflate":
+        return 16 + zlib.MAX_WBITS  # gzip
+    # RFC 9110's deflate is zlib-wrapped; some servers send raw deflate, told apart by the zlib header check.
+    wrapped = len(first) < 2 or (first[0] & 0x0F == 8 and int.from_bytes(first[:2], "big") % 31 == 0)
+    return zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS
+
+
+def _size(limit: int) -> str:
+    return f"{limit / 1048576:g} MiB" if limit >= 1048576 else f"{limit} bytes"
+
+
+# ---------------------------------------------------------------- the total deadline
+
+
+class _Watch:
+    """One request's deadline and the sockets it has used."""
+
+    __slots__ = ("deadline", "sockets", "expired")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.sockets: list[socket.socket] = []
+        self.expired = False
+
+
+class _Watchdog:
+    """One thread that shuts the sockets of requests past their total deadline.
+
+    A per-read timeout does not bound a request: a server sending a byte every
+    few seconds keeps every read alive. Shutting the socket down (not closing it,
+    which could free the fd for reuse under the reading thread) makes the blocked
+    read return at once, in any phase: TLS handshake, headers or body. The thread
+    sleeps without a timeout while no request is in flight, and a request wakes
+    it only when its deadline comes before the one it sleeps until (a wake per
+    request cost every refresh a GIL hand-over, ~0.3 ms).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._watches: set[_Watch] = set()
+        self._thread: threading.Thread | None = None
+        self._wake_at = math.inf
+        self._local = threading.local()
+
+    def start(self, seconds: float) -> _Watch:
+        watch = _Watch(time.monotonic() + seconds)
+        with self._cond:
+            self._watches.add(watch)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="freshtoken-deadline", daemon=True)
+                self._thread.start()
+            if watch.deadline < self._wake_at:
+                self._cond.notify()
+        self._local.watch = watch
+        return watch
+
+    def stop(self, watch: _Watch) -> None:
+        self._local.watch = None
+        with self._cond:
+            self._watches.discard(watch)
+            watch.sockets.clear()
+
+    def add(self, watch: _Watch | None, sock: socket.socket | None) -> None:
+        if watch is None or sock is None:
+            return
+        with self._cond:
+            if watch.expired:
+                _shut(sock)
+            elif watch in self._watches and sock not in watch.sockets:
+                watch.sockets.append(sock)
+
+    def add_current(self, sock: socket.socket | None) -> None:
+        """Watch `sock` for the request this thread is making, if any."""
+        self.add(getattr(self._local, "watch", None), sock)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for watch in [w for w in self._watches if w.deadline <= now]:
+                    watch.expired = True
+                    self._watches.discard(watch)
+                    for sock in watch.sockets:
+                        _shut(sock)
+                    watch.sockets.clear()
+                self._wake_at = min((w.deadline for w in self._watches), default=math.inf)
+                self._cond.wait(None if self._wake_at == math.inf else max(0.0, self._wake_at - now))
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed: nothing left to stop
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _socket_of(response: requests.Response) -> socket.socket | None:
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    """Registers its socket with the deadline of the request this thread is making: new, or kept alive."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _WATCHDOG.add_current(sock)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        if self.sock is not None:
+            _WATCHDOG.add_current(self.sock)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _WATCHDOG.add_current(sock)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        if self.sock is not None:
+            _WATCHDOG.add_current(self.sock)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """An HTTPAdapter whose connections the deadline watchdog can shut, direct or through an HTTP proxy."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS pools have connections of their own: body phase only
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
+
+
 # ---------------------------------------------------------------- helpers
 
 
@@ -213,38 +510,65 @@ def _headers_as_given(request: requests.PreparedRequest) -> requests.PreparedReq
     return request
 
 
-def _seconds(value: Any) -> float | None:
-    """expires_in as a number, or as a string of digits (some servers send that)."""
-    if isinstance(value, bool):
+def _positive_seconds(value: Any) -> float | None:
+    """A server's seconds as a finite positive float (huge values kept huge but finite), else None.
+
+    Numbers and strings of digits count (some servers send "3600"); booleans,
+    NaN, infinities, zero, negatives and junk do not.
+    """
+    if isinstance(value, str):
+        if len(value) > 32 or not re.fullmatch(r"\s*\d+(\.\d+)?\s*", value, flags=re.ASCII):
+            return None
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    if isinstance(value, int | float) and value > 0:
-        return float(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
-        return float(value) or None
-    return None
+    if not 0 < value < math.inf:  # NaN fails both; a 400-digit int compares fine where float() would overflow
+        return None
+    return float(min(value, 1e15))
 
 
-def _json_or_none(response: requests.Response) -> Any:
+def _retry_after(value: str | None, *, now: float) -> float | None:
     try:
-        return json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
+        return retry_after_capped(parse_retry_after(value, now=now))
+    except (ArithmeticError, ValueError):  # an HTTP date with a year or zone no calendar holds
         return None
 
 
-def _content_kind(response: requests.Response) -> str:
-    kind = response.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
-    if kind == "application/json" or response.content[:1] in (b"{", b"["):
+def _encodings(value: str) -> set[str]:
+    """The forms a secret travels in: literal, form- and percent-encoded, and base64 (alone)."""
+    return {value, quote_plus(value), quote(value, safe=""), quote(value), base64.b64encode(value.encode()).decode()}
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _replace_ascii_nocase(text: str, old: str, new: str) -> str:
+    """str.replace ignoring ASCII letter case (%2F and %2f), with no regex to compile: each rotated token is a new pattern.
+
+    Only ASCII is folded: str.lower() may change a string's length and so its indexes.
+    """
+    folded, needle = text.translate(_ASCII_LOWER), old.translate(_ASCII_LOWER)
+    if needle not in folded:
+        return text
+    parts, start = [], 0
+    while (found := folded.find(needle, start)) >= 0:
+        parts += [text[start:found], new]
+        start = found + len(needle)
+    return "".join(parts) + text[start:]
+
+
+def _json_or_none(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: a few thousand nested brackets
+        return None
+
+
+def _content_kind(headers: Any, content: bytes) -> str:
+    kind = clean_server_text(headers.get("Content-Type", "").split(";")[0].strip(), 60) or "no content type"
+    if kind == "application/json" or content[:1] in (b"{", b"["):
         return f"{kind}, truncated or invalid"
     return kind
-
-
-def _clean(text: str, hidden: list[str], limit: int) -> str:
-    """A server's words, made safe to log: no secrets echoed back, no control characters, bounded."""
-    for secret in hidden:
-        if secret:
-            text = text.replace(secret, "<redacted>")
-    text = "".join(ch if ch.isprintable() else " " for ch in text)
-    return text[:limit] + ("…" if len(text) > limit else "")
 
 
 def _host(url: str) -> str:
@@ -262,6 +586,7 @@ def _connection_reason(exc: BaseException) -> str:
         ("Connection reset", "connection reset"),
         ("RemoteDisconnected", "server closed the connection"),
         ("Network is unreachable", "network unreachable"),
+        ("IncompleteRead", "the answer was cut short"),
     ):
         if marker in text:
             return reason
