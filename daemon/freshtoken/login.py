@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import webbrowser
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +35,7 @@ from freshtoken.config import Account, Config
 from freshtoken.durations import humanize
 from freshtoken.errors import ConfigError, FreshtokenError, InvalidGrant, LoginFailed, TokenUnavailable, UsageError
 from freshtoken.model import AccountState
-from freshtoken.oauth import Timeouts, TokenClient, authorize_url, make_pkce
+from freshtoken.oauth import Timeouts, TokenClient, authorize_url, clean_server_text, make_pkce
 from freshtoken.reader import candidate_dirs, find_token_file
 from freshtoken.refresh import Refresher
 from freshtoken.store import Store
@@ -572,19 +572,6 @@ def _same_dir(a: str, b: Path) -> bool:
 
 def _when(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def clean_server_text(text: str, limit: int, hidden: Iterable[str] = ()) -> str:
-    """A server's words made safe to show: secrets it echoed masked, control characters
-    (ANSI escapes, newlines that would forge log lines) replaced, length bounded.
-
-    A local stand-in for oauth.clean_server_text (same signature), which login should use once merged.
-    """
-    for secret in hidden:
-        if secret:
-            text = text.replace(secret, "<redacted>")
-    text = "".join(ch if ch.isprintable() else " " for ch in text)
-    return text[:limit] + ("…" if len(text) > limit else "")
 
 
 def _prefixed(exc: FreshtokenError, prefix: str) -> FreshtokenError:
