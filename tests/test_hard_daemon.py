@@ -16,7 +16,7 @@ import pytest
 import test_daemon
 from freshtoken import config as config_module
 from freshtoken.config import Account
-from freshtoken.daemon import PERMANENT_BASE, Daemon, plan_next
+from freshtoken.daemon import Daemon, plan_next
 from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from freshtoken.errors import RotatedTokenNotSaved, StateWriteError, TemporaryError
 from freshtoken.model import AccessToken, AccountState, Secret
