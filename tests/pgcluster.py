@@ -23,9 +23,10 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,3 +180,70 @@ def pg_cluster(request: pytest.FixtureRequest) -> PgCluster:
 def pg_dsn(pg_cluster: PgCluster) -> str:
     """A conninfo for a database of this test's own, already migrated."""
     return pg_cluster.dsn(pg_cluster.new_database(TEMPLATE))
+
+
+def lock_waiters(dsn: str) -> int:
+    """How many sessions of the cluster are waiting for a lock right now."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+    return int(row[0]) if row else 0
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll a condition another thread or process will make true; fail after a generous deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+# ---------------------------------------------------------------- a lock holder in a process of its own
+
+
+@contextlib.contextmanager
+def holder(dsn: str, account: str, idle: float) -> Iterator[subprocess.Popen[str]]:
+    """A child that takes the account's lock, says `locked <version>`, then waits for a line on stdin.
+
+    Given one, it checks its session (`alive` or `lost <class>`), tries to save a state with refresh
+    token "from-holder" (`saved <version>` or `refused <class>`), and, if refused, tries the fenced
+    recovery save on the version it read (`recovered <version>` or `fenced`). Killed at the end.
+    """
+    argv = [sys.executable, __file__, "holder", dsn, account, str(idle)]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
+        try:
+            yield child
+        finally:
+            child.kill()  # SIGKILL ends a stopped child too; Popen's exit then waits and closes the pipes
+
+
+def _holder(dsn: str, account: str, idle: float) -> None:
+    from freshtoken.model import AccountState, Secret
+    from freshtoken.pgstore import DatabaseUnavailable, FencedOff, LockLost, PgStore, PgTimeouts
+
+    timeouts = PgTimeouts(idle_in_transaction=idle, margin=min(1.0, idle / 2), lock=10, statement=10)
+    mine = AccountState(refresh_token=Secret("from-holder"), last_refresh=time.time())
+    with PgStore(dsn, host="holder", timeouts=timeouts) as store, store.transaction(account) as tx:
+        read_version = tx.version
+        print(f"locked {read_version}", flush=True)
+        sys.stdin.readline()
+        try:
+            tx.ensure_alive()
+            print("alive", flush=True)
+        except LockLost as exc:
+            print(f"lost {type(exc).__name__}", flush=True)
+        try:
+            print(f"saved {tx.save(mine)}", flush=True)
+            return
+        except (LockLost, FencedOff, DatabaseUnavailable) as exc:
+            print(f"refused {type(exc).__name__}", flush=True)
+        try:
+            print(f"recovered {store.save_if_version(account, read_version, mine)}", flush=True)
+        except FencedOff:
+            print("fenced", flush=True)
+
+
+if __name__ == "__main__" and sys.argv[1] == "holder":
+    _holder(sys.argv[2], sys.argv[3], float(sys.argv[4]))

@@ -538,30 +538,32 @@ class PgTransaction:
         self.checked_at: float | None = None  # CLOCK_BOOTTIME of the last successful ensure_alive()
         self._store = store
         self._conn = conn
-        self._locked = True
+        self._phase = "locked"  # then "saved" (committed: lock released) or "lost" (the session ended under us)
 
-    def _lost(self, exc: BaseException) -> LockLost:
-        reason = _first_line(exc, self._store._password)
-        return LockLost(f"{self.account}: the PostgreSQL session holding the account's lock has ended ({reason})")
+    def _lost(self, exc: BaseException | None = None) -> LockLost:
+        self._phase = "lost"
+        reason = f" ({_first_line(exc, self._store._password)})" if exc else ""
+        return LockLost(f"{self.account}: the PostgreSQL session holding the account's lock has ended{reason}; nothing is saved")
 
     def ensure_alive(self) -> float:
         """`SELECT 1` on the locked session, right before sending a refresh token; LockLost if the lock is gone.
 
         Returns the seconds the token request may take from now and still end while the lock is held.
         """
-        if not self._locked:
+        if self._phase == "saved":
             raise LockLost(f"{self.account}: the lock was released by the save; take it again before sending")
+        if self._phase == "lost":
+            raise self._lost()
         try:
             self._conn.execute("SELECT 1")
         except psycopg.Error as exc:
-            self._locked = False
             raise self._lost(exc) from None
         self.checked_at = _boottime()
         return self._store.timeouts.request_budget
 
     def remaining(self) -> float:
         """Seconds left of the request budget since the last ensure_alive() (0 if none)."""
-        if self.checked_at is None:
+        if self.checked_at is None or self._phase != "locked":
             return 0.0
         return max(0.0, self._store.timeouts.request_budget - (_boottime() - self.checked_at))
 
@@ -571,27 +573,32 @@ class PgTransaction:
         Committed before the caller does anything else, so a rotated refresh token is durable first. A
         second save in the same block is fenced on the version the first one wrote. `due_at` (epoch) is
         when a host should next refresh it, by default the access token's expiry; `refreshed` (default:
-        last_refresh changed) records this host as the last to refresh.
+        last_refresh changed) records this host as the last to refresh. LockLost if the locked session
+        has ended (then only store.save_if_version() can still keep a rotated token), FencedOff if
+        another host saved since.
         """
+        if self._phase == "lost":
+            raise self._lost()
         if refreshed is None:
             refreshed = state.last_refresh != self.state.last_refresh
-        conn = self._conn
+        conn, locked = self._conn, self._phase == "locked"
         try:  # the first save ends the locked transaction; a later one runs in a transaction of its own
             new_version = _fenced_update(conn, self._store.host, self.account, self.version, state, due_at, refreshed)
             conn.commit()
         except FencedOff:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
-            self._locked = False
+            self._phase = "saved" if self._phase == "locked" else self._phase
             raise
         except psycopg.Error as exc:
-            locked, self._locked = self._locked, False
             if locked and (conn.closed or isinstance(exc, psycopg.OperationalError)):
                 raise self._lost(exc) from None
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
             raise DatabaseUnavailable(
                 f"{self.account}: PostgreSQL ({self._store.where}): {_first_line(exc, self._store._password)}"
             ) from None
-        self._locked = False
+        self._phase = "saved"
         self.version, self.state = new_version, state
         return new_version
 
