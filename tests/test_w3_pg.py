@@ -21,6 +21,7 @@ from freshtoken.model import AccessToken, AccountState, Secret  # noqa: E402
 from freshtoken.pgstore import (  # noqa: E402
     DatabaseUnavailable,
     FencedOff,
+    LockLost,
     PgStore,
     PgTimeouts,
     SchemaMismatch,
@@ -178,6 +179,26 @@ def test_nothing_is_notified_for_a_rolled_back_transaction(pg_dsn: str) -> None:
         assert list(listener.notifications(10, stop_after=1)) == [("other", 1)]
 
 
+def test_an_attempt_outlives_its_senders_session_until_the_recovery_save(pg_cluster: PgCluster, pg_dsn: str) -> None:
+    """If the sender's session ends after before_send(), the next holder sees the attempt; the sender's fenced recovery save clears it."""
+    dbname = psycopg.conninfo.conninfo_to_dict(pg_dsn)["dbname"]
+    with PgStore(pg_dsn, host="a") as a, PgStore(pg_dsn, host="b") as b:
+        with a.transaction("acct") as seed:
+            seed.save(token_state("r1"))
+        with a.transaction("acct") as tx:
+            assert tx.attempt is None
+            assert tx.before_send() == a.timeouts.request_budget
+            pg_cluster.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE state = 'idle in transaction'", dbname)
+            with b.transaction("acct") as other:
+                assert other.attempt is not None and (other.attempt.host, other.attempt.version) == ("a", 1)
+                assert other.state.refresh_token == Secret("r1")
+            with pytest.raises(LockLost, match="acct: the PostgreSQL session holding the account's lock has ended"):
+                tx.save(token_state("r2"))
+        assert a.save_if_version("acct", 1, token_state("r2")) == 2
+        with b.transaction("acct") as other:
+            assert other.attempt is None and other.state.refresh_token == Secret("r2")
+
+
 # ---------------------------------------------------------------- work sharing
 
 
@@ -242,6 +263,7 @@ def test_the_reader_role_sees_the_view_and_never_a_refresh_token(pg_cluster: PgC
             "SELECT * FROM freshtoken_account",
             "SELECT doc->>'refresh_token' FROM freshtoken_account",
             "SELECT account FROM freshtoken_account",
+            "SELECT * FROM freshtoken_attempt",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(query)

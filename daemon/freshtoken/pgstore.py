@@ -82,6 +82,15 @@ MIGRATIONS: tuple[str, ...] = (
         FROM freshtoken_account
         WHERE doc->>'access_token' IS NOT NULL;
     REVOKE ALL ON freshtoken_tokens FROM PUBLIC;
+    -- A refresh token about to be sent, committed (from a second session) before it is: if the sender's
+    -- session then ends without a save, the next holder sees that the stored token may be spent.
+    CREATE TABLE freshtoken_attempt (
+        account    text PRIMARY KEY,
+        version    bigint NOT NULL,                        -- the account version whose refresh token was sent
+        host       text NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now()
+    );
+    REVOKE ALL ON freshtoken_attempt FROM PUBLIC;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -207,6 +216,15 @@ class AccountRow:
     refresh_due_at: float | None
     last_refresh_host: str | None
     updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A refresh token sent (or about to be) by `host` at `started_at` (epoch) whose outcome was never saved."""
+
+    host: str
+    version: int
+    started_at: float
 
 
 _ROW = """account, version, doc, extract(epoch from expires_at)::float8, extract(epoch from refresh_due_at)::float8,
@@ -361,7 +379,7 @@ class PgStore:
             current = conn.execute("SELECT current_schema()").fetchone()
             schema = sql.Identifier(str(current[0] if current else "public"))
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, ident))
-            conn.execute(sql.SQL("REVOKE ALL ON freshtoken_account, freshtoken_schema FROM {}").format(ident))
+            conn.execute(sql.SQL("REVOKE ALL ON freshtoken_account, freshtoken_attempt, freshtoken_schema FROM {}").format(ident))
             conn.execute(sql.SQL("GRANT SELECT ON freshtoken_tokens TO {}").format(ident))
 
     # ------------------------------------------------ reads (no lock)
@@ -382,34 +400,43 @@ class PgStore:
 
     # ------------------------------------------------ the refresh transaction
     #
-    # Why a stalled holder cannot spend a refresh token another host has rotated. Host A and host B;
+    # Why a stalled holder cannot spend a refresh token another host has rotated. Hosts A and B;
     # I = idle_in_transaction_session_timeout (60 s), D = the token request's total deadline (40 s),
-    # with D < I - margin (PgTimeouts.check_request_deadline).
+    # with D < I - margin (PgTimeouts.check_request_deadline). The daemon's refresh, per account:
+    #     with store.transaction(name) as tx:        # BEGIN; SELECT ... FOR NO KEY UPDATE; re-read
+    #         if not due(tx.state) or tx.attempt: return
+    #         budget = tx.before_send()              # commit an attempt record elsewhere, then SELECT 1 here
+    #         if tx.remaining() <= 0: return         # CLOCK_BOOTTIME since the check: a freeze shows here
+    #         answer = post(..., deadline=min(D, tx.remaining()))
+    #         tx.save(new_state)                     # UPDATE ... WHERE version = v; drop the attempt; COMMIT
     #
-    #   t0   A: BEGIN; SELECT ... FOR NO KEY UPDATE on the account row; reads refresh token R1 at version v.
-    #   t0+  A stalls: SIGSTOP, a VM pause, swap. Its session sits idle in a transaction, still holding the lock.
+    #   t0   A: BEGIN; SELECT ... FOR NO KEY UPDATE on the row; reads refresh token R1 at version v.
+    #   t0+  A stalls (SIGSTOP, a VM pause, swap) with its session idle in the transaction, lock held.
     #        B: transaction() on the same account blocks in its SELECT ... FOR NO KEY UPDATE.
-    #   t0+I the server ends A's session (idle_in_transaction_session_timeout); the row lock goes with it.
-    #        B's SELECT returns the row: R1, version v. B sends R1, gets R2, saves: version v+1, COMMIT.
+    #   t0+I The server ends A's session (idle_in_transaction_session_timeout); the row lock goes with it.
+    #        B's SELECT returns the row: R1, version v. B sends R1, gets R2, saves version v+1, COMMIT.
     #        R1 is now spent, once.
-    #   t1   A resumes. Before sending R1 it calls tx.ensure_alive(): `SELECT 1` on the locked session. The
-    #        session is gone, so that raises LockLost and A never sends R1. Had the check succeeded, the
-    #        session (and the lock) was alive at the check, and the server only ends it after I seconds idle
-    #        counted from that statement; A's request is bounded by D < I, so it is over, answered or
-    #        abandoned, while A still holds the lock and B is still waiting: B cannot have rotated R1 yet.
-    #   save A's tx.save() on the dead session fails (LockLost), and a save on a new session is fenced:
-    #        UPDATE ... WHERE version = v matches no row once B wrote v+1 (FencedOff). A never overwrites R2.
+    #   t1   A resumes and, before sending R1, calls tx.before_send(): its `SELECT 1` on the locked session
+    #        fails, LockLost, and A never sends R1. Had the check succeeded, the session (so the lock) was
+    #        alive at that statement and the server ends it only after I idle seconds counted from it, and
+    #        A's request is bounded by D < I: answered or abandoned, it is over while A still holds the
+    #        lock and B still waits. B cannot have rotated R1 before A's request ends.
+    #        A freeze between the check and the send shows in tx.remaining() (a boot-time clock, which
+    #        counts through SIGSTOP and suspend): A sees its budget spent and does not send.
+    #   save A's tx.save() on the dead session fails (LockLost), and on a new session the version fence
+    #        refuses it: UPDATE ... WHERE version = v matches no row once B wrote v+1 (FencedOff). A never
+    #        overwrites R2 with an older token.
     #
-    # What is left, and measured by bench/pgstall.py:
-    # - The window between ensure_alive() returning and the request's bytes leaving this host (building the
-    #   request, and connecting if no kept-alive connection exists). A stall that begins inside it and lasts
-    #   longer than I lets A send R1 after B did: no lock can close that window; only a fencing IdP could.
-    #   Keep it small: connect before the check where possible, check last.
-    # - A stall after A's request has left (the IdP rotates R1 into R2', and A freezes with the answer
-    #   unread for longer than I): B then sends R1, already spent at the IdP (field notes, trap 4). A lock
-    #   cannot prevent this either; a committed "attempt" record written just before sending would let B
-    #   see that R1 may be spent and wait for A's fenced recovery save (save_if_version) instead of sending.
-    # The clock for "how long since the check" is CLOCK_BOOTTIME: it counts through SIGSTOP and suspend.
+    # A freeze after A's request left (the IdP rotated R1 into R2' and A froze with the answer unread, for
+    # longer than I) is the field notes' trap 4: B would send R1, already spent. The attempt record that
+    # before_send() committed (on another session, so it survives A's) tells B: tx.attempt is set, B must
+    # not send R1. When A resumes, its save on the dead session fails and store.save_if_version(v) keeps
+    # R2', since nobody saved since v; that save clears the attempt. If A never comes back, R1 may or may
+    # not be spent: the daemon's policy decides (wait, then ask for a login, or try R1 once).
+    #
+    # What no lock can close, and bench/pgstall.py measures: the few instructions between the
+    # tx.remaining() check and the request's bytes leaving this host. A freeze that starts there and lasts
+    # longer than I, with B refreshing meanwhile, sends R1 twice. Only a server that fences could close it.
 
     @contextlib.contextmanager
     def transaction(self, account: str) -> Iterator[PgTransaction]:
@@ -423,6 +450,7 @@ class PgStore:
         try:
             row = self._lock_row(conn, account)
             tx = PgTransaction(self, conn, account, int(row[0]), _state(account, row[1]))
+            tx.attempt = self._attempt(conn, account, tx.version)
             yield tx
         finally:
             with contextlib.suppress(psycopg.Error):
@@ -444,6 +472,30 @@ class PgStore:
             raise DatabaseUnavailable(f"{account}: PostgreSQL ({self.where}): {_first_line(exc, self._password)}") from None
         assert row is not None  # noqa: S101  # inserted just above, and rows are never deleted under a lock
         return tuple(row)
+
+    def _attempt(self, conn: psycopg.Connection[Any], account: str, version: int) -> Attempt | None:
+        try:
+            row = conn.execute(
+                "SELECT host, extract(epoch from started_at)::float8 FROM freshtoken_attempt WHERE account = %s AND version = %s",
+                (account, version),
+            ).fetchone()
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"{account}: PostgreSQL ({self.where}): {_first_line(exc, self._password)}") from None
+        return None if row is None else Attempt(str(row[0]), version, float(row[1]))
+
+    def record_attempt(self, account: str, version: int) -> None:
+        """Commit, on a session of its own, that this host is about to send the refresh token of `version`."""
+        with self._session() as conn:
+            conn.execute(
+                """INSERT INTO freshtoken_attempt (account, version, host) VALUES (%s, %s, %s)
+                   ON CONFLICT (account) DO UPDATE SET version = excluded.version, host = excluded.host, started_at = now()""",
+                (account, version, self.host),
+            )
+
+    def clear_attempt(self, account: str, version: int) -> None:
+        """Withdraw this host's attempt on `version`: for a sender that knows its request never left."""
+        with self._session() as conn:
+            conn.execute("DELETE FROM freshtoken_attempt WHERE account = %s AND version = %s AND host = %s", (account, version, self.host))
 
     def save_if_version(
         self, account: str, version: int, state: AccountState, *, due_at: float | None = None, refreshed: bool = True
@@ -524,6 +576,7 @@ def _fenced_update(
         newer = f"version {now[0]} by {now[1] or 'another host'}" if now else "no row at all"
         raise FencedOff(f"{account}: the stored state changed since version {version} was read ({newer}); this save is refused")
     new_version = int(row[0])
+    conn.execute("DELETE FROM freshtoken_attempt WHERE account = %s", (account,))  # resolved, in the same commit
     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{account}:{new_version}"))
     return new_version
 
@@ -536,6 +589,10 @@ class PgTransaction:
         self.version = version
         self.state = state
         self.checked_at: float | None = None  # CLOCK_BOOTTIME of the last successful ensure_alive()
+        # Set when a previous holder sent (or was about to send) this version's refresh token and its session
+        # ended before it saved the outcome: the token may be spent at the server. Do not send it; wait for
+        # that holder's recovery save (save_if_version), which clears this, or decide by policy.
+        self.attempt: Attempt | None = None
         self._store = store
         self._conn = conn
         self._phase = "locked"  # then "saved" (committed: lock released) or "lost" (the session ended under us)
@@ -560,6 +617,21 @@ class PgTransaction:
             raise self._lost(exc) from None
         self.checked_at = _boottime()
         return self._store.timeouts.request_budget
+
+    def before_send(self) -> float:
+        """What to call right before sending the refresh token: record the attempt, then ensure_alive().
+
+        The attempt is committed on another session first, so that if this one ends after the token
+        left, the next holder knows (see `attempt`). If the check fails, the attempt is withdrawn (nothing
+        was sent) and LockLost raised. Returns the request budget in seconds, as ensure_alive().
+        """
+        self._store.record_attempt(self.account, self.version)
+        try:
+            return self.ensure_alive()
+        except LockLost:
+            with contextlib.suppress(FreshtokenError):
+                self._store.clear_attempt(self.account, self.version)
+            raise
 
     def remaining(self) -> float:
         """Seconds left of the request budget since the last ensure_alive() (0 if none)."""
