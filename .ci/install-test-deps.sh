@@ -6,6 +6,8 @@
 #   - the mail clients tests/test_w2_mail.py runs against loopback fakes: msmtp, neomutt, isync (mbsync),
 #     and an XOAUTH2 Cyrus SASL plugin for mbsync (Debian 12 has no sasl-xoauth2 / cyrus-sasl-xoauth2
 #     package; libkgapi's libsasl2-modules-kdexoauth2 is one: the token is the SASL password)
+#   - PostgreSQL (Debian's postgresql: initdb, pg_ctl, postgres under /usr/lib/postgresql/<ver>/bin and the
+#     `postgres` user): tests/pgcluster.py starts a private cluster from those binaries for tests/test_w3_pg*.py
 # Anything already present is left alone. Needs root for apt.
 set -euo pipefail
 
@@ -23,6 +25,7 @@ command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
 command -v msmtp >/dev/null 2>&1 || apt_packages+=(msmtp)
 command -v neomutt >/dev/null 2>&1 || apt_packages+=(neomutt)
 command -v mbsync >/dev/null 2>&1 || apt_packages+=(isync)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_packages+=(postgresql)
 dpkg-query -W -f='${Status}' libsasl2-modules-kdexoauth2 2>/dev/null | grep -q 'ok installed' \
     || apt_packages+=(libsasl2-modules-kdexoauth2)
 
@@ -35,7 +38,7 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq "${apt_packages[@]}" >/dev/null
 else
-    say "chromium, node, npm and the mail clients already installed"
+    say "chromium, node, npm, the mail clients and PostgreSQL already installed"
 fi
 
 # npm ci wipes and reinstalls node_modules: skip it when the installed tree

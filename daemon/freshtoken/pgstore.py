@@ -1,0 +1,706 @@
+"""Shared state in PostgreSQL (config `shared_state:`): account state and refresh tokens for several hosts.
+
+One row per account holds `AccountState.to_json()` in a jsonb column, a version
+that every save increments, and the few columns the work sharing and readers
+need. A refresh is one database transaction that holds the row's lock across
+the token request (see the walk-through above `PgStore.transaction`), so across
+all hosts one refresh token is spent once; a version fence refuses any save
+made without that lock. After a commit, NOTIFY freshtoken_state '<account>:<version>'
+tells the other daemons to copy the new token into their own files.
+
+Schema: versioned, applied by `PgStore.migrate()`. Recommendation: an explicit
+`freshtoken db init` run by a role that owns the schema, and a daemon that only
+checks `schema_version()` at start (exit 78 if the schema is missing or older),
+so that the daemons' role needs no DDL rights. migrate() is idempotent and takes
+an advisory lock, so running it at every start is safe too where the daemons'
+role owns the tables.
+
+psycopg 3 is an optional dependency (`freshtoken[postgres]`): importing this
+module without it raises MissingExtra (exit 78), a one-line message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from freshtoken.errors import FreshtokenError, TemporaryError
+from freshtoken.model import AccountState
+
+
+class MissingExtra(FreshtokenError):
+    """shared_state is set but psycopg is not installed."""
+
+    exit_code: ClassVar[int] = 78
+
+
+try:
+    import psycopg
+    from psycopg import errors as pgerrors
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    from psycopg.types.json import Jsonb
+except ImportError:
+    raise MissingExtra("shared_state needs PostgreSQL support: install freshtoken[postgres] (pip install 'freshtoken[postgres]')") from None
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "freshtoken_state"  # NOTIFY payload: '<account>:<version>' and nothing else (every role can LISTEN)
+READER_ROLE = "freshtoken_reader"
+_MIGRATION_LOCK = 0x66726573  # pg_advisory_xact_lock key: two hosts migrating at once take turns
+
+# Each entry moves the schema from version i to i+1. Never edit a released entry: append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE freshtoken_account (
+        account           text PRIMARY KEY,
+        version           bigint NOT NULL DEFAULT 0,       -- +1 on every save: the fence a stale writer fails
+        doc               jsonb NOT NULL DEFAULT '{}',     -- AccountState.to_json(): holds the refresh token
+        expires_at        timestamptz,                     -- of the access token in doc
+        refresh_due_at    timestamptz,                     -- when some host should refresh it (NULL: not scheduled)
+        claimed_by        text,                            -- work sharing: the host that claimed it, until claimed_until
+        claimed_until     timestamptz,
+        last_refresh_host text,
+        updated_at        timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX freshtoken_account_due ON freshtoken_account (refresh_due_at) WHERE refresh_due_at IS NOT NULL;
+    REVOKE ALL ON freshtoken_account FROM PUBLIC;
+    -- What readers get; grant SELECT on this view only (column grants on the table add to table grants).
+    CREATE VIEW freshtoken_tokens AS
+        SELECT account,
+               doc->>'access_token' AS access_token,
+               coalesce(doc->>'token_type', 'Bearer') AS token_type,
+               expires_at,
+               doc->>'scope' AS scope
+        FROM freshtoken_account
+        WHERE doc->>'access_token' IS NOT NULL;
+    REVOKE ALL ON freshtoken_tokens FROM PUBLIC;
+    -- A refresh token about to be sent, committed (from a second session) before it is: if the sender's
+    -- session then ends without a save, the next holder sees that the stored token may be spent.
+    CREATE TABLE freshtoken_attempt (
+        account    text PRIMARY KEY,
+        version    bigint NOT NULL,                        -- the account version whose refresh token was sent
+        host       text NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now()
+    );
+    REVOKE ALL ON freshtoken_attempt FROM PUBLIC;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# ---------------------------------------------------------------- errors
+
+
+class DatabaseUnavailable(TemporaryError):
+    """Cannot connect, or the connection broke outside a lock: serve the files, retry with backoff."""
+
+
+class LockLost(TemporaryError):
+    """The session holding an account's lock has ended (idle timeout, network, restart): do not send, do not trust a save."""
+
+
+class FencedOff(TemporaryError):
+    """A save was refused because another host saved a newer version since this one was read."""
+
+
+class SchemaMismatch(FreshtokenError):
+    """The database's freshtoken schema is missing, older or newer than this version's."""
+
+    exit_code: ClassVar[int] = 78
+
+
+def _first_line(exc: BaseException, secret: str | None = None) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if secret:
+        text = text.replace(secret, "<redacted>")
+    return text[:300]
+
+
+def parse_dsn(dsn: str) -> dict[str, Any]:
+    """libpq's own parse of a URI or key=value string; its error text can quote the string, so it is not shown."""
+    try:
+        return conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise FreshtokenError("shared_state is not a valid libpq connection string or URI") from None
+
+
+def redact(dsn: str) -> str:
+    """The connection string without its password, fit for messages and logs."""
+    params = parse_dsn(dsn)
+    params.pop("password", None)
+    return make_conninfo("", **params)
+
+
+# ---------------------------------------------------------------- timeouts
+
+
+@dataclass(frozen=True, slots=True)
+class PgTimeouts:
+    """Seconds, set on every connection (traps 3 and 4 in the field notes).
+
+    - `lock`: how long a transaction waits for another host's refresh of the same account; longer than
+      a token request, so a waiter normally finds the fresh token instead of an error.
+    - `idle_in_transaction`: the server ends a session idle this long inside a transaction, and its row
+      lock with it. A stalled or partitioned holder gives up the lock after this, not after TCP
+      keepalive's 2 h. A token request must end well before it: see check_request_deadline().
+    - `statement`: bounds one statement; at least `lock`, since a lock wait is part of a statement.
+    - `margin`: kept between the end of a token request and the idle timeout (the commit, scheduling).
+    """
+
+    connect: float = 10.0
+    lock: float = 45.0
+    idle_in_transaction: float = 60.0
+    statement: float = 50.0
+    margin: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "lock", "idle_in_transaction", "statement", "margin"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} timeout must be a positive number of seconds, not {value!r}")
+        if self.statement < self.lock:
+            raise ValueError(f"statement timeout {self.statement:g}s is shorter than the lock timeout {self.lock:g}s")
+        if self.idle_in_transaction <= self.margin:
+            raise ValueError(f"idle_in_transaction timeout {self.idle_in_transaction:g}s must exceed the margin {self.margin:g}s")
+
+    @property
+    def request_budget(self) -> float:
+        """The longest a token request may take after a liveness check and still end inside the lock's life."""
+        return self.idle_in_transaction - self.margin
+
+    def check_request_deadline(self, deadline: float) -> None:
+        """The rule: a token request's total deadline is shorter than the idle-in-transaction timeout, minus the margin."""
+        if not deadline < self.request_budget:
+            raise ValueError(
+                f"the token request deadline ({deadline:g}s) must be shorter than the database's "
+                f"idle_in_transaction_session_timeout ({self.idle_in_transaction:g}s) minus {self.margin:g}s"
+            )
+
+    def options(self) -> str:
+        ms = {
+            "lock_timeout": self.lock,
+            "idle_in_transaction_session_timeout": self.idle_in_transaction,
+            "statement_timeout": self.statement,
+        }
+        return " ".join(f"-c {name}={max(1, round(value * 1000))}" for name, value in ms.items())
+
+
+def _boottime() -> float:
+    """A clock that keeps counting through SIGSTOP and through a suspended VM or laptop (CLOCK_MONOTONIC stops in suspend)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def _ts(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+# ---------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    """One account's row as status shows it (epoch seconds)."""
+
+    account: str
+    version: int
+    state: AccountState
+    expires_at: float | None
+    refresh_due_at: float | None
+    last_refresh_host: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A refresh token sent (or about to be) by `host` at `started_at` (epoch) whose outcome was never saved."""
+
+    host: str
+    version: int
+    started_at: float
+
+
+_ROW = """account, version, doc, extract(epoch from expires_at)::float8, extract(epoch from refresh_due_at)::float8,
+          last_refresh_host, extract(epoch from updated_at)::float8"""
+
+_UPDATE = """
+    UPDATE freshtoken_account
+       SET doc = %(doc)s, version = version + 1,
+           expires_at = to_timestamp(%(expires_at)s::float8),
+           refresh_due_at = to_timestamp(%(due_at)s::float8),
+           last_refresh_host = CASE WHEN %(refreshed)s THEN %(host)s ELSE last_refresh_host END,
+           claimed_by = NULL, claimed_until = NULL, updated_at = now()
+     WHERE account = %(account)s AND version = %(version)s
+    RETURNING version
+"""
+
+
+def _state(account: str, doc: Any) -> AccountState:
+    try:
+        return AccountState.from_json(doc)
+    except (ValueError, TypeError) as exc:
+        # As the file store does with a damaged file: start afresh (from the config's seed); the row keeps
+        # the old document until the next save.
+        log.error("%s: the state stored in PostgreSQL is unusable (%s); starting afresh", account, _first_line(exc))
+        return AccountState()
+
+
+# ---------------------------------------------------------------- the store
+
+
+class PgStore:
+    """Account state in PostgreSQL. Thread-safe: each transaction has a connection of its own."""
+
+    def __init__(self, dsn: str, *, host: str | None = None, timeouts: PgTimeouts | None = None, max_idle: int = 4) -> None:
+        params = parse_dsn(dsn)
+        self._password = params.get("password")  # only to scrub it from messages, should libpq ever echo it
+        self.timeouts = timeouts or PgTimeouts()
+        params.setdefault("connect_timeout", str(max(2, round(self.timeouts.connect))))  # libpq's minimum is 2
+        params.setdefault("application_name", "freshtoken")
+        # Appended to the user's own options, if any: per-session settings, no extra round trip.
+        params["options"] = f"{params.get('options', '')} {self.timeouts.options()}".strip()
+        self._params = params
+        self.where = redact(dsn)
+        self.host = host or socket.gethostname()
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._max_idle = max_idle
+        self._mutex = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"PgStore({self.where!r})"
+
+    # ------------------------------------------------ connections
+
+    def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+        """A new connection with the timeouts set; DatabaseUnavailable if there is none to be had."""
+        try:
+            return psycopg.connect(**self._params, autocommit=autocommit)
+        except psycopg.Error as exc:
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL ({self.where}): {_first_line(exc, self._password)}") from None
+
+    def _take(self) -> psycopg.Connection[Any]:
+        with self._mutex:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed:  # a session the server ended shows only at first use; callers map that error
+                    return conn
+        return self.connect()
+
+    def _give_back(self, conn: psycopg.Connection[Any]) -> None:
+        if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.close()
+            return
+        with self._mutex:
+            if len(self._idle) < self._max_idle:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._mutex:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def __enter__(self) -> PgStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection for one short transaction, committed at the end; errors become DatabaseUnavailable."""
+        conn = self._take()
+        try:
+            with conn.transaction():
+                yield conn
+        except pgerrors.QueryCanceled as exc:
+            raise DatabaseUnavailable(f"PostgreSQL ({self.where}): {_first_line(exc)}") from None
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"PostgreSQL ({self.where}): {_first_line(exc, self._password)}") from None
+        finally:
+            self._give_back(conn)
+
+    # ------------------------------------------------ schema
+
+    def schema_version(self) -> int:
+        """The applied schema version; 0 for a database freshtoken has never used."""
+        with self._session() as conn:
+            if conn.execute("SELECT to_regclass('freshtoken_schema')").fetchone() == (None,):
+                return 0
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM freshtoken_schema").fetchone()
+        return int(row[0]) if row else 0
+
+    def check_schema(self) -> None:
+        """What a daemon runs at start: SchemaMismatch (exit 78) unless the schema is this version's."""
+        found = self.schema_version()
+        has = f"PostgreSQL ({self.where}) has freshtoken schema version {found}"
+        if found < SCHEMA_VERSION:
+            raise SchemaMismatch(f"{has}, this freshtoken needs {SCHEMA_VERSION}: run `freshtoken db init`")
+        if found > SCHEMA_VERSION:
+            raise SchemaMismatch(f"{has}, newer than this freshtoken's {SCHEMA_VERSION}: upgrade freshtoken")
+
+    def migrate(self) -> int:
+        """Apply the migrations the database lacks, in one transaction; returns how many (0: it was up to date)."""
+        with self._session() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS freshtoken_schema (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM freshtoken_schema").fetchone()
+            found = int(row[0]) if row else 0
+            if found > SCHEMA_VERSION:
+                raise SchemaMismatch(
+                    f"PostgreSQL ({self.where}) has freshtoken schema version {found}, newer than this freshtoken's {SCHEMA_VERSION}"
+                )
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                conn.execute(MIGRATIONS[version - 1].encode())  # bytes: a static script, several statements, no parameters
+                conn.execute("INSERT INTO freshtoken_schema (version) VALUES (%s)", (version,))
+                log.info("PostgreSQL (%s): freshtoken schema migrated to version %d", self.where, version)
+        return SCHEMA_VERSION - found
+
+    def grant_reader(self, role: str = READER_ROLE, *, create: bool = True) -> None:
+        """Let `role` read freshtoken_tokens and nothing else of ours (create it NOLOGIN first if asked; needs CREATEROLE).
+
+        Applications log in as a role that is a member of it: `CREATE ROLE app LOGIN IN ROLE freshtoken_reader`.
+        """
+        ident = sql.Identifier(role)
+        with self._session() as conn:
+            if create and conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(ident))
+            current = conn.execute("SELECT current_schema()").fetchone()
+            schema = sql.Identifier(str(current[0] if current else "public"))
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, ident))
+            conn.execute(sql.SQL("REVOKE ALL ON freshtoken_account, freshtoken_attempt, freshtoken_schema FROM {}").format(ident))
+            conn.execute(sql.SQL("GRANT SELECT ON freshtoken_tokens TO {}").format(ident))
+
+    # ------------------------------------------------ reads (no lock)
+
+    def read(self, account: str) -> AccountRow | None:
+        """The account's row as it is now, without waiting for a lock (status, and the NOTIFY handler)."""
+        with self._session() as conn:
+            row = conn.execute(f"SELECT {_ROW} FROM freshtoken_account WHERE account = %s", (account,)).fetchone()  # noqa: S608  # _ROW is a constant
+        return None if row is None else _account_row(row)
+
+    def load(self, account: str) -> AccountState:
+        row = self.read(account)
+        return row.state if row else AccountState()
+
+    def accounts(self) -> list[str]:
+        with self._session() as conn:
+            return [str(r[0]) for r in conn.execute("SELECT account FROM freshtoken_account ORDER BY account")]
+
+    # ------------------------------------------------ the refresh transaction
+    #
+    # Why a stalled holder cannot spend a refresh token another host has rotated. Hosts A and B;
+    # I = idle_in_transaction_session_timeout (60 s), D = the token request's total deadline (40 s),
+    # with D < I - margin (PgTimeouts.check_request_deadline). The daemon's refresh, per account:
+    #     with store.transaction(name) as tx:        # BEGIN; SELECT ... FOR NO KEY UPDATE; re-read
+    #         if not due(tx.state) or tx.attempt: return
+    #         budget = tx.before_send()              # commit an attempt record elsewhere, then SELECT 1 here
+    #         if tx.remaining() <= 0: return         # CLOCK_BOOTTIME since the check: a freeze shows here
+    #         answer = post(..., deadline=min(D, tx.remaining()))
+    #         tx.save(new_state)                     # UPDATE ... WHERE version = v; drop the attempt; COMMIT
+    #
+    #   t0   A: BEGIN; SELECT ... FOR NO KEY UPDATE on the row; reads refresh token R1 at version v.
+    #   t0+  A stalls (SIGSTOP, a VM pause, swap) with its session idle in the transaction, lock held.
+    #        B: transaction() on the same account blocks in its SELECT ... FOR NO KEY UPDATE.
+    #   t0+I The server ends A's session (idle_in_transaction_session_timeout); the row lock goes with it.
+    #        B's SELECT returns the row: R1, version v. B sends R1, gets R2, saves version v+1, COMMIT.
+    #        R1 is now spent, once.
+    #   t1   A resumes and, before sending R1, calls tx.before_send(): its `SELECT 1` on the locked session
+    #        fails, LockLost, and A never sends R1. Had the check succeeded, the session (so the lock) was
+    #        alive at that statement and the server ends it only after I idle seconds counted from it, and
+    #        A's request is bounded by D < I: answered or abandoned, it is over while A still holds the
+    #        lock and B still waits. B cannot have rotated R1 before A's request ends.
+    #        A freeze between the check and the send shows in tx.remaining() (a boot-time clock, which
+    #        counts through SIGSTOP and suspend): A sees its budget spent and does not send.
+    #   save A's tx.save() on the dead session fails (LockLost), and on a new session the version fence
+    #        refuses it: UPDATE ... WHERE version = v matches no row once B wrote v+1 (FencedOff). A never
+    #        overwrites R2 with an older token.
+    #
+    # A freeze after A's request left (the IdP rotated R1 into R2' and A froze with the answer unread, for
+    # longer than I) is the field notes' trap 4: B would send R1, already spent. The attempt record that
+    # before_send() committed (on another session, so it survives A's) tells B: tx.attempt is set, B must
+    # not send R1. When A resumes, its save on the dead session fails and store.save_if_version(v) keeps
+    # R2', since nobody saved since v; that save clears the attempt. If A never comes back, R1 may or may
+    # not be spent: the daemon's policy decides (wait, then ask for a login, or try R1 once).
+    #
+    # What no lock can close, and bench/pgstall.py measures: the few instructions between the
+    # tx.remaining() check and the request's bytes leaving this host. A freeze that starts there and lasts
+    # longer than I, with B refreshing meanwhile, sends R1 twice. Only a server that fences could close it.
+
+    @contextlib.contextmanager
+    def transaction(self, account: str) -> Iterator[PgTransaction]:
+        """Take the account's row lock (creating the row if missing) and yield its state re-read under the lock.
+
+        The lock is held until tx.save() commits, or until the block ends (rolled back if nothing was
+        saved, or on an exception). TemporaryError if another host holds the lock longer than the lock
+        timeout; DatabaseUnavailable if the database cannot be reached.
+        """
+        conn = self._take()
+        try:
+            row = self._lock_row(conn, account)
+            tx = PgTransaction(self, conn, account, int(row[0]), _state(account, row[1]))
+            tx.attempt = self._attempt(conn, account, tx.version)
+            yield tx
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()  # a no-op after save()'s commit; releases the lock otherwise
+            self._give_back(conn)
+
+    def _lock_row(self, conn: psycopg.Connection[Any], account: str) -> tuple[Any, ...]:
+        select = "SELECT version, doc FROM freshtoken_account WHERE account = %s FOR NO KEY UPDATE"
+        try:
+            row = conn.execute(select, (account,)).fetchone()
+            if row is None:  # a concurrent insert makes ours wait, then do nothing; the SELECT then waits for its lock
+                conn.execute("INSERT INTO freshtoken_account (account) VALUES (%s) ON CONFLICT (account) DO NOTHING", (account,))
+                row = conn.execute(select, (account,)).fetchone()
+        except pgerrors.LockNotAvailable:
+            raise TemporaryError(f"{account}: another host has held the account's lock in PostgreSQL for {self.timeouts.lock:g}s") from None
+        except pgerrors.QueryCanceled as exc:
+            raise TemporaryError(f"{account}: PostgreSQL ({self.where}): {_first_line(exc)}") from None
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"{account}: PostgreSQL ({self.where}): {_first_line(exc, self._password)}") from None
+        assert row is not None  # noqa: S101  # inserted just above, and rows are never deleted under a lock
+        return tuple(row)
+
+    def _attempt(self, conn: psycopg.Connection[Any], account: str, version: int) -> Attempt | None:
+        try:
+            row = conn.execute(
+                "SELECT host, extract(epoch from started_at)::float8 FROM freshtoken_attempt WHERE account = %s AND version = %s",
+                (account, version),
+            ).fetchone()
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"{account}: PostgreSQL ({self.where}): {_first_line(exc, self._password)}") from None
+        return None if row is None else Attempt(str(row[0]), version, float(row[1]))
+
+    def record_attempt(self, account: str, version: int) -> None:
+        """Commit, on a session of its own, that this host is about to send the refresh token of `version`."""
+        with self._session() as conn:
+            conn.execute(
+                """INSERT INTO freshtoken_attempt (account, version, host) VALUES (%s, %s, %s)
+                   ON CONFLICT (account) DO UPDATE SET version = excluded.version, host = excluded.host, started_at = now()""",
+                (account, version, self.host),
+            )
+
+    def clear_attempt(self, account: str, version: int) -> None:
+        """Withdraw this host's attempt on `version`: for a sender that knows its request never left."""
+        with self._session() as conn:
+            conn.execute("DELETE FROM freshtoken_attempt WHERE account = %s AND version = %s AND host = %s", (account, version, self.host))
+
+    def save_if_version(
+        self, account: str, version: int, state: AccountState, *, due_at: float | None = None, refreshed: bool = True
+    ) -> int:
+        """Save `state` only if the row is still at `version`; returns the new version, FencedOff if not.
+
+        The recovery path for a rotated refresh token obtained under a lock whose session then ended: it
+        is kept only if no other host has saved since (which would mean the stored token moved on).
+        """
+        with self._session() as conn:
+            return _fenced_update(conn, self.host, account, version, state, due_at, refreshed)
+
+    # ------------------------------------------------ work sharing
+
+    def claim_due(self, limit: int, now: float, *, lease: float = 60.0) -> list[str]:
+        """Claim up to `limit` accounts due at `now` that no other host has claimed; returns their names.
+
+        A claim is a lease (claimed_by, claimed_until), committed at once, so N daemons share M
+        accounts without each waking for all of them. Rows under a refresh lock are skipped, not
+        waited for (SKIP LOCKED). The claim only spreads the work: each claimed account is then
+        refreshed in transaction(), which re-reads it under the row lock, the real guard.
+        """
+        with self._session() as conn:
+            rows = conn.execute(
+                """
+                UPDATE freshtoken_account SET claimed_by = %(host)s, claimed_until = to_timestamp(%(until)s::float8)
+                 WHERE account IN (
+                     SELECT account FROM freshtoken_account
+                      WHERE refresh_due_at <= to_timestamp(%(now)s::float8)
+                        AND (claimed_until IS NULL OR claimed_until <= to_timestamp(%(now)s::float8))
+                      ORDER BY refresh_due_at
+                      LIMIT %(limit)s
+                        FOR NO KEY UPDATE SKIP LOCKED)
+                RETURNING account
+                """,
+                {"host": self.host, "now": float(now), "until": float(now + lease), "limit": limit},
+            ).fetchall()
+        return sorted(str(r[0]) for r in rows)
+
+    # ------------------------------------------------ notifications
+
+    def listen(self) -> Listener:
+        """A dedicated autocommit connection LISTENing on freshtoken_state (a pooled one would hear nothing).
+
+        Nothing is replayed after a reconnect: after DatabaseUnavailable, listen again, then re-read.
+        """
+        conn = self.connect(autocommit=True)
+        try:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+        except psycopg.Error as exc:
+            conn.close()
+            raise DatabaseUnavailable(f"cannot LISTEN on PostgreSQL ({self.where}): {_first_line(exc, self._password)}") from None
+        return Listener(conn, self.where)
+
+
+def _account_row(row: Any) -> AccountRow:
+    account = str(row[0])
+    return AccountRow(account, int(row[1]), _state(account, row[2]), row[3], row[4], row[5], float(row[6]))
+
+
+def _fenced_update(
+    conn: psycopg.Connection[Any], host: str, account: str, version: int, state: AccountState, due_at: float | None, refreshed: bool
+) -> int:
+    """UPDATE ... WHERE version = <read version>, then NOTIFY (sent by the server at COMMIT, and only if it commits)."""
+    expires_at = state.access.expires_at if state.access else None
+    params = {
+        "doc": Jsonb(state.to_json()),
+        "expires_at": _ts(expires_at),
+        "due_at": _ts(due_at if due_at is not None else expires_at),
+        "refreshed": refreshed,
+        "host": host,
+        "account": account,
+        "version": version,
+    }
+    row = conn.execute(_UPDATE, params).fetchone()
+    if row is None:
+        now = conn.execute("SELECT version, last_refresh_host FROM freshtoken_account WHERE account = %s", (account,)).fetchone()
+        newer = f"version {now[0]} by {now[1] or 'another host'}" if now else "no row at all"
+        raise FencedOff(f"{account}: the stored state changed since version {version} was read ({newer}); this save is refused")
+    new_version = int(row[0])
+    conn.execute("DELETE FROM freshtoken_attempt WHERE account = %s", (account,))  # resolved, in the same commit
+    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{account}:{new_version}"))
+    return new_version
+
+
+class PgTransaction:
+    """One account under its row lock: `state` and `version` as read under the lock; save() commits."""
+
+    def __init__(self, store: PgStore, conn: psycopg.Connection[Any], account: str, version: int, state: AccountState) -> None:
+        self.account = account
+        self.version = version
+        self.state = state
+        self.checked_at: float | None = None  # CLOCK_BOOTTIME of the last successful ensure_alive()
+        # Set when a previous holder sent (or was about to send) this version's refresh token and its session
+        # ended before it saved the outcome: the token may be spent at the server. Do not send it; wait for
+        # that holder's recovery save (save_if_version), which clears this, or decide by policy.
+        self.attempt: Attempt | None = None
+        self._store = store
+        self._conn = conn
+        self._phase = "locked"  # then "saved" (committed: lock released) or "lost" (the session ended under us)
+
+    def _lost(self, exc: BaseException | None = None) -> LockLost:
+        self._phase = "lost"
+        reason = f" ({_first_line(exc, self._store._password)})" if exc else ""
+        return LockLost(f"{self.account}: the PostgreSQL session holding the account's lock has ended{reason}; nothing is saved")
+
+    def ensure_alive(self) -> float:
+        """`SELECT 1` on the locked session, right before sending a refresh token; LockLost if the lock is gone.
+
+        Returns the seconds the token request may take from now and still end while the lock is held.
+        """
+        if self._phase == "saved":
+            raise LockLost(f"{self.account}: the lock was released by the save; take it again before sending")
+        if self._phase == "lost":
+            raise self._lost()
+        try:
+            self._conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            raise self._lost(exc) from None
+        self.checked_at = _boottime()
+        return self._store.timeouts.request_budget
+
+    def before_send(self) -> float:
+        """What to call right before sending the refresh token: record the attempt, then ensure_alive().
+
+        The attempt is committed on another session first, so that if this one ends after the token
+        left, the next holder knows (see `attempt`). If the check fails, the attempt is withdrawn (nothing
+        was sent) and LockLost raised. Returns the request budget in seconds, as ensure_alive().
+        """
+        self._store.record_attempt(self.account, self.version)
+        try:
+            return self.ensure_alive()
+        except LockLost:
+            with contextlib.suppress(FreshtokenError):
+                self._store.clear_attempt(self.account, self.version)
+            raise
+
+    def remaining(self) -> float:
+        """Seconds left of the request budget since the last ensure_alive() (0 if none)."""
+        if self.checked_at is None or self._phase != "locked":
+            return 0.0
+        return max(0.0, self._store.timeouts.request_budget - (_boottime() - self.checked_at))
+
+    def save(self, state: AccountState, *, due_at: float | None = None, refreshed: bool | None = None) -> int:
+        """Persist `state` fenced on the version read, COMMIT at once (releasing the lock), NOTIFY; returns the new version.
+
+        Committed before the caller does anything else, so a rotated refresh token is durable first. A
+        second save in the same block is fenced on the version the first one wrote. `due_at` (epoch) is
+        when a host should next refresh it, by default the access token's expiry; `refreshed` (default:
+        last_refresh changed) records this host as the last to refresh. LockLost if the locked session
+        has ended (then only store.save_if_version() can still keep a rotated token), FencedOff if
+        another host saved since.
+        """
+        if self._phase == "lost":
+            raise self._lost()
+        if refreshed is None:
+            refreshed = state.last_refresh != self.state.last_refresh
+        conn, locked = self._conn, self._phase == "locked"
+        try:  # the first save ends the locked transaction; a later one runs in a transaction of its own
+            new_version = _fenced_update(conn, self._store.host, self.account, self.version, state, due_at, refreshed)
+            conn.commit()
+        except FencedOff:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+            self._phase = "saved" if self._phase == "locked" else self._phase
+            raise
+        except psycopg.Error as exc:
+            if locked and (conn.closed or isinstance(exc, psycopg.OperationalError)):
+                raise self._lost(exc) from None
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+            raise DatabaseUnavailable(
+                f"{self.account}: PostgreSQL ({self._store.where}): {_first_line(exc, self._store._password)}"
+            ) from None
+        self._phase = "saved"
+        self.version, self.state = new_version, state
+        return new_version
+
+
+class Listener:
+    """The daemon's ear: (account, version) pairs NOTIFY sent after each commit."""
+
+    def __init__(self, conn: psycopg.Connection[Any], where: str) -> None:
+        self._conn = conn
+        self._where = where
+
+    def fileno(self) -> int:
+        """Readable when a notification may have arrived (for a selector in the daemon's loop)."""
+        return self._conn.fileno()
+
+    def notifications(self, timeout: float, *, stop_after: int | None = None) -> Iterator[tuple[str, int]]:
+        """Yield what arrives within `timeout` seconds (or until `stop_after` arrived); DatabaseUnavailable if the session ends."""
+        try:
+            for note in self._conn.notifies(timeout=timeout, stop_after=stop_after):
+                account, _, version = note.payload.rpartition(":")
+                if account and version.isdigit():
+                    yield account, int(version)
+        except psycopg.Error as exc:
+            raise DatabaseUnavailable(f"lost the LISTEN session to PostgreSQL ({self._where}): {_first_line(exc)}") from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
