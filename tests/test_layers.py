@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "daemon" / "freshtoken"
 
 # library -> the only module allowed to import it
-OWNERS = {"requests": "oauth", "yaml": "config", "apscheduler": "daemon", "prometheus_client": "metrics"}
+OWNERS = {"requests": "oauth", "yaml": "config", "apscheduler": "daemon", "prometheus_client": "metrics", "psycopg": "pgstore"}
 # `freshtoken get` imports these; they must not reach any third-party library
 GET_PATH = ("__init__", "__main__", "cli", "reader", "formats", "model", "durations", "errors")
 
