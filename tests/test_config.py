@@ -278,7 +278,7 @@ BAD_CONFIGS: list[tuple[str, str, dict[str, str], str]] = [
         "unknown provider",
         doc("provider: spotfy", "client_id: abc", "client_secret: x"),
         {},
-        ":5: accounts.spotify.provider: unknown provider 'spotfy' (known: spotify, generic)",
+        ":5: accounts.spotify.provider: unknown provider 'spotfy' (known: spotify, microsoft, google, github, generic)",
     ),
     (
         "no token_url",
