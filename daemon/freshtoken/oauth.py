@@ -279,7 +279,14 @@ class TokenClient:
         return _Answer(response.status_code, response.headers, decoded, kind, unreadable, started, hidden)
 
     def _interpret(self, answer: _Answer, account: str) -> TokenResponse:
-        status, headers, body, kind, unreadable, hidden = answer.status, answer.headers, answer.body, answer.kind, answer.unreadable, answer.hidden
+        status, headers, body, kind, unreadable, hidden = (
+            answer.status,
+            answer.headers,
+            answer.body,
+            answer.kind,
+            answer.unreadable,
+            answer.hidden,
+        )
         started = answer.started
         retry_after = _retry_after(headers.get("Retry-After"), now=self.clock())
         if 200 <= status < 300:
