@@ -173,3 +173,25 @@ def test_logout_revokes_at_node_oidc_provider(write_config, dirs):
         refused = requests.post(op.token_url, data={"grant_type": "refresh_token", "refresh_token": refresh_token}, auth=auth, timeout=10)
         assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
         assert "revocation.error" not in op.log_text().splitlines()[mark:]
+
+
+def test_a_running_daemon_parks_the_account_after_logout_and_writes_no_token_again(logged_in, dirs, tmp_path):
+    """What the wake word makes a daemon do (rescan, then the run it plans) finds no grant: the account needs a login; no file returns."""
+    from freshtoken import config as config_module
+    from freshtoken.daemon import Daemon
+
+    path, _ = logged_in()
+    daemon = Daemon(config_module.load(path), environ={})
+    daemon.scheduler.start(paused=True)
+    try:
+        daemon.run_account("demo")
+        assert not daemon.slots["demo"].needs_login
+        assert run("-c", str(path), "logout", "demo")[0] == 0
+
+        daemon.rescan()
+        daemon.run_account("demo")
+        assert daemon.slots["demo"].needs_login
+        assert not (dirs["tokens"] / "demo.token").exists() and not (tmp_path / "extra.env").exists()
+    finally:
+        daemon.scheduler.shutdown(wait=False)
+        daemon.client.session.close()
