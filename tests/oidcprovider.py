@@ -281,6 +281,10 @@ class OidcProvider:
         return self.info["revocation_endpoint"]
 
     @property
+    def device_authorization_url(self) -> str:
+        return self.info["device_authorization_endpoint"]
+
+    @property
     def userinfo_url(self) -> str:
         """GET with a bearer token: 200 and the token's details, or 401 (server.mjs's /me)."""
         return self.info["userinfo_endpoint"]
@@ -311,6 +315,11 @@ class OidcProvider:
     def public_client(self) -> OidcClient:
         """`public-client`: public (auth method none), PKCE required."""
         return self.clients["public-client"]
+
+    @property
+    def device_client(self) -> OidcClient:
+        """`device-client`: public, device authorization grant (RFC 8628) and refresh_token only."""
+        return self.clients["device-client"]
 
     @property
     def cc_client(self) -> OidcClient:
@@ -461,6 +470,58 @@ def approve_over_http(
             url = urllib.parse.urljoin(url, form["action"] or url)
             method, data = form["method"].upper(), fields
     raise HarnessError(f"no redirect to the client after 20 steps (last: {url})")
+
+
+def approve_device_over_http(
+    verification_uri: str,
+    user_code: str,
+    *,
+    deny: bool = False,
+    login: str = "alice",
+    password: str = "any-password",
+    timeout: float = 10.0,
+) -> str:
+    """Play the user of a device login with `requests`: enter the code, confirm (or abort with deny=True), sign in, consent.
+
+    Returns the text of the last page (node-oidc-provider's "Sign-in Success", or its
+    "interrupted" page after an abort).
+    """
+    issuer = _origin(verification_uri)
+    url, method, data = verification_uri, "GET", None
+    aborted = False
+    with requests.Session() as session:
+        for _ in range(20):
+            response = session.request(method, url, data=data, allow_redirects=False, timeout=timeout)
+            location = response.headers.get("Location")
+            if response.is_redirect and location:
+                url, method, data = urllib.parse.urljoin(url, location), "GET", None
+                if _origin(url) != issuer:
+                    raise HarnessError(f"device flow left the provider for {url}")
+                continue
+            page = _Forms()
+            page.feed(response.text)
+            text = " ".join(" ".join(page.text).split())
+            if response.status_code != 200:
+                raise HarnessError(f"{method} {url} -> {response.status_code}: {text[:500]}")
+            if not page.forms or aborted:
+                return text  # the final page: success, or the code-entry page saying the request was interrupted
+            fields = dict(page.forms[0]["inputs"])
+            if "user_code" in fields and "confirm" not in fields:
+                fields["user_code"] = user_code
+            # The confirm page's [ Abort ] button (outside the form) is read as one of its fields.
+            if "confirm" in fields:
+                if deny:
+                    fields = {"xsrf": fields["xsrf"], "user_code": fields["user_code"], "abort": "yes"}
+                    aborted = True
+                else:
+                    fields.pop("abort", None)
+            if "login" in fields:
+                fields["login"] = login
+            if "password" in fields:
+                fields["password"] = password
+            url = urllib.parse.urljoin(url, page.forms[0]["action"] or url)
+            method, data = page.forms[0]["method"].upper(), fields
+    raise HarnessError(f"the device flow did not end after 20 steps (last: {url})")
 
 
 # --------------------------------------------------------------------------- #

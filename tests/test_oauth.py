@@ -218,9 +218,9 @@ CASES: list[tuple[str, dict[str, Any], type[FreshtokenError], list[str]]] = [
     ("server_error with 200", {"status": 200, "json": {"error": "server_error"}}, TemporaryError, ["HTTP 200 server_error"]),
     (
         "unknown error with 200",
-        {"status": 200, "json": {"error": "bad_verification_code"}},
+        {"status": 200, "json": {"error": "unverified_user_email"}},
         RefreshFailed,
-        ["HTTP 200 bad_verification_code"],
+        ["HTTP 200 unverified_user_email"],
     ),
     ("408", {"status": 408, "body": "<html>Request Timeout</html>"}, TemporaryError, ["HTTP 408"]),
     ("403 html", {"status": 403, "body": "<html>Forbidden</html>"}, RefreshFailed, ["HTTP 403", "text/html"]),

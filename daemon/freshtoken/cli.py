@@ -87,11 +87,38 @@ def build_parser() -> argparse.ArgumentParser:
         " Refuses to start (exit 78) on what check-config refuses.",
     )
 
-    login = sub.add_parser("login", help="log in through the browser and store the refresh token")
+    login = sub.add_parser(
+        "login",
+        help="log in through the browser (or with a device code) and store the refresh token",
+        description="Log in once and store the refresh token in the state dir. By default freshtoken listens on the loopback"
+        " redirect_uri and opens (or prints) the authorization URL; --manual reads the redirected URL pasted instead;"
+        " --device prints a page and a code to enter on any device (RFC 8628: no listener, no browser here; works over SSH)"
+        " and waits, polling at the server's interval, until approved, denied or expired. Ctrl-C gives up (exit 130).",
+    )
     login.add_argument("account", metavar="ACCOUNT", help="the account to log in, as named under accounts: in the config")
     login.add_argument("--no-browser", action="store_true", help="print the URL instead of opening a browser")
     login.add_argument("--manual", action="store_true", help="paste the redirected URL instead of listening (headless hosts)")
-    login.add_argument("--timeout", type=_duration, default=300, metavar="S", help="give up after this long (default 5m)")
+    login.add_argument(
+        "--device",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="log in with a device code (needs device_authorization_url or a preset that has one); --no-device: through"
+        " the browser (default: the account's device_login, false unless set)",
+    )
+    login.add_argument(
+        "--timeout", type=_duration, default=300, metavar="S", help="give up waiting for the browser after this long (default 5m)"
+    )
+
+    logout = sub.add_parser(
+        "logout",
+        help="revoke the refresh token where possible, delete the account's state and token files",
+        description="Revoke the refresh token at the provider's RFC 7009 endpoint (revocation_url; the google preset has one,"
+        " microsoft and github do not), then delete the account's state and its token files (ACCOUNT.token, ACCOUNT.json and"
+        " the configured outputs) and tell a running daemon, which then shows the account as needing a login."
+        " Exit 0 when done; 1 when the local logout is done but the revocation failed or a file could not be deleted.",
+    )
+    logout.add_argument("account", metavar="ACCOUNT", help="the account to log out, as named under accounts: in the config")
+    logout.add_argument("--no-revoke", action="store_true", help="only delete here; the refresh token stays valid at the provider")
 
     refresh = sub.add_parser("refresh", help="refresh now, then exit")
     refresh.add_argument("accounts", nargs="*", metavar="ACCOUNT", help="accounts to refresh (default: all of them)")
@@ -377,7 +404,23 @@ def cmd_login(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str]
     config = _load_config(args, environ)
     _setup_logging(args, args.verbose, environ, err, accounts=lambda: config.accounts)
     account = _select_accounts(config, [args.account])[0]
+    device = account.device_login if args.device is None else args.device
+    if device:
+        from freshtoken.login import device_login
+
+        if args.manual:
+            raise UsageError("--device and --manual are two different ways to log in; give one")
+        return device_login(config, account, out=out, err=err)
     return login(config, account, browser=not args.no_browser, manual=args.manual, timeout=args.timeout, out=out, err=err)
+
+
+def cmd_logout(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
+    from freshtoken.login import logout
+
+    config = _load_config(args, environ)
+    _setup_logging(args, args.verbose, environ, err, accounts=lambda: config.accounts)
+    account = _select_accounts(config, [args.account])[0]
+    return logout(config, account, out=out, err=err, revoke=not args.no_revoke)
 
 
 def cmd_demo(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
@@ -493,6 +536,7 @@ COMMANDS: dict[str, Any] = {
     "check-config": cmd_check_config,
     "run": cmd_run,
     "login": cmd_login,
+    "logout": cmd_logout,
     "demo": cmd_demo,
     "add": cmd_add,
     "install-systemd": cmd_install_systemd,

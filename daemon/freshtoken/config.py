@@ -21,7 +21,7 @@ from freshtoken.durations import parse_duration
 from freshtoken.errors import ConfigError
 from freshtoken.formats import FORMATS
 from freshtoken.model import Secret
-from freshtoken.providers import PRESETS
+from freshtoken.providers import PRESETS, Preset
 from freshtoken.reader import SYSTEM_STATE_DIR, default_token_dir, is_system_config
 
 # The first character is a letter or digit: freshtoken's own files in the state and token dirs
@@ -63,7 +63,15 @@ ACCOUNT_KEYS = (
     "outputs",
     "on_refresh",
     "refresh_token_lifetime",
+    "tenant",
+    "authorize_params",
+    "device_authorization_url",
+    "device_login",
+    "revocation_url",
 )
+# Parameters freshtoken sets itself in an authorization request: authorize_params may not replace them.
+OWN_AUTHORIZE_PARAMS = ("response_type", "client_id", "redirect_uri", "state", "scope", "code_challenge", "code_challenge_method")
+TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")  # common, organizations, consumers, a GUID or a domain
 OUTPUT_KEYS = ("path", "format", "mode", "group", "name")
 
 
@@ -96,6 +104,10 @@ class Account:
     outputs: tuple[Output, ...] = ()
     on_refresh: tuple[str, ...] = ()
     refresh_token_lifetime: int | None = None
+    authorize_params: tuple[tuple[str, str], ...] = ()  # extra authorization-request parameters, in order
+    device_authorization_url: str | None = None
+    device_login: bool = False  # `login` uses the device flow (RFC 8628) unless told --no-device
+    revocation_url: str | None = None  # RFC 7009, for `logout`
 
     def secrets(self) -> list[str]:
         """Every secret this account holds, for redaction checks."""
@@ -516,13 +528,20 @@ def _parse_account(name: str, doc: Any, ctx: _Context) -> Account:
         preset = PRESETS.get(provider)
         if preset is None and provider != "generic":
             raise ctx.error(r.key("provider"), f"unknown provider {provider!r} (known: {', '.join([*PRESETS, 'generic'])})")
-    token_url = r.string("token_url", preset.token_url if preset else None)
+    tenant = _tenant(r, preset)
+
+    def url(name: str, default: str | None) -> str | None:
+        value = r.string(name, default.replace("{tenant}", tenant) if default and tenant else default)
+        if value:
+            _check_url(r, name, value)
+        return value
+
+    token_url = url("token_url", preset.token_url if preset else None)
     if not token_url:
         raise ctx.error(r.key("token_url"), "missing: give token_url or a provider preset such as 'spotify'")
-    _check_url(r, "token_url", token_url)
-    authorize_url = r.string("authorize_url", preset.authorize_url if preset else None)
-    if authorize_url:
-        _check_url(r, "authorize_url", authorize_url)
+    authorize_url = url("authorize_url", preset.authorize_url if preset else None)
+    device_url = url("device_authorization_url", preset.device_authorization_url if preset else None)
+    revocation_url = url("revocation_url", preset.revocation_url if preset else None)
     grant = r.choice("grant", GRANTS, "refresh_token")
     client_auth = r.choice("client_auth", CLIENT_AUTHS, preset.client_auth if preset else "basic")
     client_id = r.string("client_id")
@@ -548,6 +567,15 @@ def _parse_account(name: str, doc: Any, ctx: _Context) -> Account:
     lifetime = r.duration("refresh_token_lifetime")
     if lifetime is None and preset:
         lifetime = preset.refresh_token_lifetime
+    scopes = r.string_list("scopes")
+    if preset:
+        scopes += tuple(scope for scope in preset.added_scopes if scope not in scopes)
+    device_login = r.boolean("device_login", preset.device_login if preset else False)
+    if device_login and not device_url:
+        raise ctx.error(r.key("device_login"), "needs device_authorization_url (or a provider preset that has one)")
+    refused = [scope for scope in scopes if preset and scope in preset.device_refused_scopes]
+    if device_login and refused:
+        raise ctx.error(r.key("device_login"), f"{provider}'s device flow cannot grant {refused[0]}; log in through the browser")
     outputs = _parse_outputs(r, ctx)
     on_refresh = r.string_list("on_refresh")
     if on_refresh and not os.path.isabs(on_refresh[0]):
@@ -565,7 +593,7 @@ def _parse_account(name: str, doc: Any, ctx: _Context) -> Account:
         client_secret=Secret(secret_value) if secret_value else None,
         client_secret_file=secret_file,
         refresh_token=Secret(refresh_token) if refresh_token else None,
-        scopes=r.string_list("scopes"),
+        scopes=scopes,
         redirect_uri=redirect_uri,
         pkce=r.boolean("pkce", True),
         show_dialog=r.boolean("show_dialog", False),
@@ -573,8 +601,45 @@ def _parse_account(name: str, doc: Any, ctx: _Context) -> Account:
         outputs=outputs,
         on_refresh=on_refresh,
         refresh_token_lifetime=lifetime,
+        authorize_params=_authorize_params(r, preset),
+        device_authorization_url=device_url,
+        device_login=device_login,
+        revocation_url=revocation_url,
     )
     return account
+
+
+def _tenant(r: _Reader, preset: Preset | None) -> str | None:
+    """The account's tenant for a preset whose URLs hold {tenant}; refused for every other account."""
+    tenant = r.string("tenant")
+    if preset is None or preset.default_tenant is None:
+        if tenant is not None:
+            raise r.ctx.error(r.key("tenant"), "only a provider whose URLs name a tenant (microsoft) takes one")
+        return None
+    tenant = tenant or preset.default_tenant
+    if not TENANT.fullmatch(tenant):
+        raise r.ctx.error(r.key("tenant"), f"{tenant!r} is not a tenant (common, organizations, consumers, a tenant id or domain)")
+    return tenant
+
+
+def _authorize_params(r: _Reader, preset: Preset | None) -> tuple[tuple[str, str], ...]:
+    """The preset's extra authorization-request parameters, then the account's (which win)."""
+    params = dict(preset.authorize_params if preset else ())
+    raw = r.raw("authorize_params")
+    if raw is None:
+        return tuple(params.items())
+    section = _Reader(raw, r.key("authorize_params"), r.ctx)
+    for name, value in section.doc.items():
+        key = section.key(name)
+        if name in OWN_AUTHORIZE_PARAMS:
+            raise r.ctx.error(key, "freshtoken sets this parameter itself (scopes, redirect_uri and pkce are account keys)")
+        if value is None:
+            params.pop(name, None)  # `prompt: null` drops a preset's parameter
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise r.ctx.error(key, f"expected a string, got {_type_name(value)}")
+        params[name] = r.ctx.expand(key, str(value))
+    return tuple(params.items())
 
 
 def _parse_outputs(r: _Reader, ctx: _Context) -> tuple[Output, ...]:

@@ -45,6 +45,9 @@ TOKEN_PATH = "/api/token"
 AUTHORIZE_PATH = "/authorize"
 REVOKE_PATH = "/revoke"
 ME_PATH = "/v1/me"
+DEVICE_PATH = "/device/code"  # RFC 8628 device authorization endpoint
+VERIFY_PATH = "/device"  # the verification_uri shown to the user (approve with approve_device())
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 # What fault mode mixes, drawn uniformly: three 5xx, a 429 with Retry-After,
 # a hang that ends in 504, and a connection reset without any answer.
@@ -140,6 +143,19 @@ class _Code:
     grant: _Grant | None = None
 
 
+@dataclass(eq=False)
+class _DeviceCode:
+    """One device authorization (RFC 8628): pending until approve_device() or deny_device(), then spent."""
+
+    client_id: str
+    scope: str
+    user_code: str
+    expires_at: float
+    interval: float  # what the client must wait between polls; slow_down adds 5 s
+    last_poll: float | None = None
+    status: str = "pending"  # pending | approved | denied | spent
+
+
 class _OAuthError(Exception):
     """An RFC 6749 §5.2 error answer."""
 
@@ -189,9 +205,11 @@ class AuthServer:
     """An in-memory OAuth 2.0 authorization server on loopback HTTP.
 
     Endpoints (relative to `.url`): `POST /api/token` (grants `refresh_token`,
-    `client_credentials`, `authorization_code` with PKCE), `GET /authorize`
-    (auto-approves with a 302 to the redirect URI), `POST /revoke` (RFC 7009) and
-    `GET /v1/me` (a protected resource proving an access token works).
+    `client_credentials`, `authorization_code` with PKCE, and RFC 8628's device_code),
+    `GET /authorize` (auto-approves with a 302 to the redirect URI), `POST /revoke`
+    (RFC 7009), `POST /device/code` (RFC 8628 device authorization; the user's part is
+    approve_device() / deny_device()) and `GET /v1/me` (a protected resource proving
+    an access token works).
 
     Clients authenticate with HTTP Basic (id and secret form-urlencoded before
     base64, RFC 6749 §2.3.1), with `client_id`/`client_secret` in the body, or as
@@ -247,6 +265,9 @@ class AuthServer:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         request_log_size: int | None = 10_000,
+        device_interval: float | None = 5,
+        device_expires_in: float = 600,
+        device_denial_error: str = "access_denied",
     ) -> None:
         """Configure the server; nothing listens until start().
 
@@ -254,6 +275,10 @@ class AuthServer:
         a redirect URI must be listed exactly, or match a listed loopback URI
         registered without a port on any port (RFC 8252 §7.3).
         `request_log_size` bounds `requests` (None: unbounded).
+        `device_interval` is the device-code poll interval the server asks for and enforces (a
+        poll sooner gets slow_down and 5 s more); None leaves `interval` out of the answer (as
+        node-oidc-provider does) and enforces RFC 8628's 5 s default. `device_denial_error` is
+        what a denied device login answers (Microsoft says authorization_declined).
         """
         self.host = host
         self.port = port
@@ -280,6 +305,9 @@ class AuthServer:
         self.fault_retry_after = fault_retry_after
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()
+        self.device_interval = device_interval
+        self.device_expires_in = device_expires_in
+        self.device_denial_error = device_denial_error
 
         self.token_requests = 0
         self.refreshes_ok = 0
@@ -296,6 +324,7 @@ class AuthServer:
         self._access: dict[str, _AccessToken] = {}
         self._prune_access_at = 4096
         self._codes: dict[str, _Code] = {}
+        self._device_codes: dict[str, _DeviceCode] = {}  # by device_code
         self._script: collections.deque[_Scripted] = collections.deque()
         self._log: collections.deque[RequestRecord] = collections.deque(maxlen=request_log_size)
         self._open_sockets: set[socket.socket] = set()
@@ -374,6 +403,38 @@ class AuthServer:
     @property
     def me_url(self) -> str:
         return self.url + ME_PATH
+
+    @property
+    def device_authorization_url(self) -> str:
+        return self.url + DEVICE_PATH
+
+    @property
+    def verification_uri(self) -> str:
+        return self.url + VERIFY_PATH
+
+    # ------------------------------------------------------ device codes (the user's part)
+
+    def device_user_codes(self, status: str = "pending") -> list[str]:
+        """The user codes of device authorizations in `status` (pending, approved, denied, spent), oldest first."""
+        with self._lock:
+            return [d.user_code for d in self._device_codes.values() if d.status == status]
+
+    def approve_device(self, user_code: str) -> None:
+        """Play the user who enters `user_code` and approves: the next poll gets the tokens."""
+        self._decide_device(user_code, "approved")
+
+    def deny_device(self, user_code: str) -> None:
+        """Play the user who declines: the next poll gets `device_denial_error`."""
+        self._decide_device(user_code, "denied")
+
+    def _decide_device(self, user_code: str, status: str) -> None:
+        with self._changed:
+            for record in self._device_codes.values():
+                if record.user_code == user_code and record.status == "pending":
+                    record.status = status
+                    self._changed.notify_all()
+                    return
+        raise ValueError(f"no pending device authorization with user code {user_code!r}")
 
     # ------------------------------------------------------ grants (direct)
 
@@ -623,6 +684,8 @@ class AuthServer:
                 answer = self._grant_code(client_id, form)
             elif grant_type == "client_credentials":
                 answer = self._grant_client_credentials(client_id, form)
+            elif grant_type == DEVICE_GRANT:
+                answer = self._grant_device(client_id, form)
             elif grant_type is None:
                 raise _OAuthError("invalid_request", "grant_type is missing")
             else:
@@ -748,6 +811,62 @@ class AuthServer:
             answer = self._token_answer(client_id, record.scope, grant, now)
             self._add_refresh_fields(answer, grant, now)
             return answer
+
+    def _grant_device(self, client_id: str, form: Mapping[str, str]) -> dict[str, Any]:
+        """RFC 8628 §3.4-3.5: pending, slow_down (polled sooner than the interval), denied, expired, or the grant."""
+        device_code = form.get("device_code")
+        if not device_code:
+            raise _OAuthError("invalid_request", "device_code is missing")
+        with self._lock:
+            now = self.clock()
+            record = self._device_codes.get(device_code)
+            if record is None or record.client_id != client_id or record.status == "spent":
+                raise _OAuthError("invalid_grant", "device code unknown or already used")
+            if now >= record.expires_at:
+                raise _OAuthError("expired_token", "the device code has expired")
+            too_soon = record.last_poll is not None and now - record.last_poll < record.interval
+            record.last_poll = now
+            if too_soon:
+                record.interval += 5
+                raise _OAuthError("slow_down", f"poll at most every {record.interval:g} s")
+            if record.status == "pending":
+                raise _OAuthError("authorization_pending", "the user has not approved yet")
+            if record.status == "denied":
+                record.status = "spent"
+                raise _OAuthError(self.device_denial_error, "the user declined")
+            record.status = "spent"
+            grant = self._new_grant(client_id, record.scope, "device-user", now)
+            answer = self._token_answer(client_id, record.scope, grant, now)
+            self._add_refresh_fields(answer, grant, now)
+            return answer
+
+    def _device_endpoint(self, headers: Mapping[str, str], body: str) -> _Response:
+        """RFC 8628 §3.1-3.2: a device code for an authenticated (or public) client."""
+        try:
+            form = dict(parse_qsl(body, keep_blank_values=True))
+            client_id = self._authenticate(headers, form)
+        except _OAuthError as e:
+            return _json_response(e.status, {"error": e.error, "error_description": e.description}, e.headers)
+        device_code = _new_token()
+        letters = "BCDFGHJKLMNPQRSTVWXZ"  # RFC 8628 §6.1: no vowels, so no words; case-insensitive
+        user_code = "".join(secrets.choice(letters) for _ in range(4)) + "-" + "".join(secrets.choice(letters) for _ in range(4))
+        with self._lock:
+            now = self.clock()
+            self._device_codes = {k: v for k, v in self._device_codes.items() if v.expires_at > now - 3600}
+            interval = self.device_interval if self.device_interval is not None else 5.0
+            self._device_codes[device_code] = _DeviceCode(
+                client_id, form.get("scope", ""), user_code, now + self.device_expires_in, interval
+            )
+        answer: dict[str, Any] = {
+            "device_code": device_code,
+            "user_code": user_code,
+            "verification_uri": self.verification_uri,
+            "verification_uri_complete": _with_query(self.verification_uri, {"user_code": user_code}),
+            "expires_in": int(self.device_expires_in) if float(self.device_expires_in).is_integer() else self.device_expires_in,
+        }
+        if self.device_interval is not None:
+            answer["interval"] = self.device_interval
+        return _json_response(200, answer, {"Cache-Control": "no-store"})
 
     def _grant_client_credentials(self, client_id: str, form: Mapping[str, str]) -> dict[str, Any]:
         if self.clients[client_id] is None:
@@ -884,7 +1003,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     timeout = 60  # an idle keep-alive connection must not pin a thread forever
     server: _HTTPServer
 
-    _ROUTES: ClassVar[dict[str, str]] = {TOKEN_PATH: "POST", AUTHORIZE_PATH: "GET", REVOKE_PATH: "POST", ME_PATH: "GET"}
+    _ROUTES: ClassVar[dict[str, str]] = {
+        TOKEN_PATH: "POST",
+        AUTHORIZE_PATH: "GET",
+        REVOKE_PATH: "POST",
+        ME_PATH: "GET",
+        DEVICE_PATH: "POST",
+        VERIFY_PATH: "GET",
+    }
 
     def setup(self) -> None:
         super().setup()
@@ -955,6 +1081,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(auth._me_endpoint(record.headers))
         elif record.path == REVOKE_PATH:
             self._send(auth._revoke_endpoint(record.headers, record.body))
+        elif record.path == DEVICE_PATH:
+            self._send(auth._device_endpoint(record.headers, record.body))
+        elif record.path == VERIFY_PATH:
+            self._send(_html_response(200, "freshtoken devserver: device logins are approved by the test (approve_device)"))
         else:
             self._token_request(record)
 
@@ -1033,6 +1163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  token_url:     {server.token_url}\n"
             f"  authorize_url: {server.authorize_url}\n"
             f"  revoke_url:    {server.revoke_url}\n"
+            f"  device_authorization_url: {server.device_authorization_url}\n"
             f"  resource:      {server.me_url}\n"
             f"  client_id:     {DEMO_CLIENT_ID}  client_secret: {DEMO_CLIENT_SECRET}\n"
             f"  public client: {DEMO_PUBLIC_CLIENT_ID}  (PKCE, no secret)\n"

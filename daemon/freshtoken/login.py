@@ -1,7 +1,11 @@
-"""`freshtoken login`: authorization code + PKCE + state, through a loopback listener or a pasted URL.
+"""`freshtoken login` and `logout`.
 
-Builds the authorization request locally, waits for exactly one callback, exchanges
-the code and hands the answer to Refresher.adopt. Nothing is stored unless the exchange succeeds.
+login: authorization code + PKCE + state, through a loopback listener or a pasted URL; or the
+device authorization grant (RFC 8628, `--device`). Builds the authorization request locally,
+waits for exactly one callback (or polls for the device code), and hands the answer to
+Refresher.adopt. Nothing is stored unless the grant succeeds.
+
+logout: revoke the refresh token (RFC 7009) where the provider can, delete the state and the token files.
 """
 
 from __future__ import annotations
@@ -33,12 +37,13 @@ from urllib.parse import parse_qsl, urlsplit
 from freshtoken import outputs
 from freshtoken.config import Account, Config
 from freshtoken.durations import humanize
-from freshtoken.errors import ConfigError, FreshtokenError, InvalidGrant, LoginFailed, TokenUnavailable, UsageError
-from freshtoken.model import AccountState
-from freshtoken.oauth import Timeouts, TokenClient, authorize_url, clean_server_text, make_pkce
+from freshtoken.errors import ConfigError, FreshtokenError, InvalidGrant, LoginFailed, TemporaryError, TokenUnavailable, UsageError
+from freshtoken.model import AccountState, TokenResponse
+from freshtoken.oauth import DeviceCode, Timeouts, TokenClient, authorize_url, clean_server_text, make_pkce
+from freshtoken.providers import PRESETS
 from freshtoken.reader import candidate_dirs, find_token_file
-from freshtoken.refresh import Refresher
-from freshtoken.store import Store
+from freshtoken.refresh import Refresher, apply_seed
+from freshtoken.store import StateUnusable, Store
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,9 @@ IDLE_CONNECTION_TIMEOUT = 3.0  # silence between two reads (a browser's speculat
 REQUEST_DEADLINE = 10.0  # for the whole request head, however it trickles in
 MAX_HEAD = 16384  # a callback URL with its headers is a few KB
 SCOPE_LIMIT = 500  # the granted scopes as shown and logged; providers with many scopes stay readable
+DEVICE_INTERVAL = 5.0  # RFC 8628 §3.2: the poll interval when the server gives none (node-oidc-provider gives none)
+SLOW_DOWN_STEP = 5.0  # RFC 8628 §3.5: slow_down adds 5 s to the interval, for this and every later poll
+MAX_TEMPORARY_FAILURES = 3  # consecutive network errors while polling before the device login gives up
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +192,7 @@ def login(
         if own_client:
             client.session.close()
     assert flow.result is not None
-    _summary(flow, flow.result, out, os.environ if environ is None else environ)
+    _summary(config, account, flow.result, flow.daemon_told, clock(), out, os.environ if environ is None else environ)
     return 0
 
 
@@ -231,16 +239,221 @@ class _Flow:
             ) from None
         except FreshtokenError as exc:
             raise _prefixed(exc, "code exchange failed: ") from None
-        store = Store(self.config.state_dir)
-        try:
-            self.result = Refresher(self.config, store, self.client, clock=self.clock).adopt(self.account, response)
-        except outputs.OutputError as exc:
-            store.wake_daemon()  # the grant is stored: a running daemon takes it over (and retries the outputs)
-            raise _prefixed(exc, "logged in and stored the refresh token, but ") from None
-        # A running daemon re-reads the account now instead of at its next heartbeat.
-        self.daemon_told = store.wake_daemon()
-        log.info("login account=%s scope=%s", self.account.name, clean_server_text(response.access.scope or "-", SCOPE_LIMIT))
+        self.result, self.daemon_told = _adopt(self.config, self.account, self.client, self.clock, response)
         return self.result
+
+
+def _adopt(
+    config: Config, account: Account, client: TokenClient, clock: Callable[[], float], response: TokenResponse
+) -> tuple[AccountState, bool]:
+    """Store a login's grant as the account's new state; the state, and whether a running daemon was told."""
+    store = Store(config.state_dir)
+    try:
+        result = Refresher(config, store, client, clock=clock).adopt(account, response)
+    except outputs.OutputError as exc:
+        store.wake_daemon()  # the grant is stored: a running daemon takes it over (and retries the outputs)
+        raise _prefixed(exc, "logged in and stored the refresh token, but ") from None
+    # A running daemon re-reads the account now instead of at its next heartbeat.
+    told = store.wake_daemon()
+    log.info("login account=%s scope=%s", account.name, clean_server_text(response.access.scope or "-", SCOPE_LIMIT))
+    return result, told
+
+
+# ---------------------------------------------------------------- the device authorization grant (RFC 8628)
+
+
+def device_login(
+    config: Config,
+    account: Account,
+    *,
+    out: IO[str],
+    err: IO[str],
+    client: TokenClient | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], object] = time.sleep,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """Log in with a device code: print where to go and the code (stdout, flushed), poll until approved, store the grant.
+
+    No listener and no browser here: the user approves on any device. `clock` and `sleep`
+    drive the polling (tests inject both). Returns 0 or raises a FreshtokenError.
+    """
+    name = account.name
+    if account.grant == "client_credentials":
+        raise UsageError(f"{name}: a client_credentials account needs no login")
+    if not account.device_authorization_url:
+        raise ConfigError(
+            config.file, f"accounts.{name}.device_authorization_url", "missing: a device login needs it (or a provider preset that has one)"
+        )
+    preset = PRESETS.get(account.provider or "")
+    refused = [scope for scope in account.scopes if preset is not None and scope in preset.device_refused_scopes]
+    if refused:
+        raise UsageError(
+            f"{name}: {account.provider}'s device flow cannot grant the scope {refused[0]};"
+            f" log in through the browser instead: `freshtoken login {name} --no-device` (add --manual on a host without one)"
+        )
+    own_client = client is None
+    if client is None:
+        client = TokenClient(timeouts=Timeouts(config.connect_timeout, config.read_timeout), clock=clock)
+    try:
+        try:
+            code = client.device_authorization(account)
+        except FreshtokenError as exc:
+            raise _prefixed(exc, "device authorization request failed: ") from None
+        try:
+            _announce_device(account, code, out, err)
+            response = _poll_device(account, client, code, clock, sleep, err)
+        except KeyboardInterrupt:
+            print(f"\nlogin of {name!r} interrupted; nothing was stored", file=err, flush=True)
+            raise
+        state, told = _adopt(config, account, client, clock, response)
+    finally:
+        if own_client:
+            client.session.close()
+    _summary(config, account, state, told, clock(), out, os.environ if environ is None else environ)
+    return 0
+
+
+def _announce_device(account: Account, code: DeviceCode, out: IO[str], err: IO[str]) -> None:
+    """Where to go and what to type, on stdout (a script or a human reads it), flushed before any wait."""
+    lines = [
+        f"To log in account {account.name!r}, open this page in a browser on any device:",
+        f"  {code.verification_uri}",
+        f"and enter the code:  {code.user_code}",
+    ]
+    if code.verification_uri_complete:
+        lines.append(f"(or open {code.verification_uri_complete} , which fills in the code)")
+    print("\n".join(lines), file=out, flush=True)
+    print(f"Waiting up to {humanize(code.expires_in)} for the approval (Ctrl-C gives up) ...", file=err, flush=True)
+
+
+def _poll_device(
+    account: Account, client: TokenClient, code: DeviceCode, clock: Callable[[], float], sleep: Callable[[float], object], err: IO[str]
+) -> TokenResponse:
+    """Poll the token endpoint at the server's pace until the grant comes, or the code is refused, denied or expires."""
+    name = account.name
+    again = f"run `freshtoken login {name} --device` again"
+    interval = code.interval or DEVICE_INTERVAL
+    deadline = clock() + code.expires_in
+    failures = 0
+    while True:
+        if clock() + interval > deadline:
+            raise LoginFailed(f"the code was not approved within {humanize(code.expires_in)} and has expired; {again}")
+        sleep(interval)
+        try:
+            answer = client.poll_device(account, code.device_code)
+        except InvalidGrant as exc:
+            raise LoginFailed(f"the device code was refused ({exc}); {again}") from None
+        except TemporaryError as exc:
+            # RFC 8628 §3.5: back off on connection trouble, but a server that stays away ends the wait.
+            failures += 1
+            if failures >= MAX_TEMPORARY_FAILURES:
+                raise _prefixed(exc, "polling for the device login failed: ") from None
+            print(f"warning: polling for the device login: {exc}; trying again", file=err, flush=True)
+            interval *= 2
+            continue
+        except FreshtokenError as exc:
+            raise _prefixed(exc, "device login failed: ") from None
+        failures = 0
+        if isinstance(answer, TokenResponse):
+            return answer
+        detail = answer.error + (f": {answer.description}" if answer.description else "")
+        if answer.error == "authorization_pending":
+            continue
+        if answer.error == "slow_down":
+            # +5 s from now on; GitHub says the new interval itself.
+            interval = answer.interval if answer.interval is not None and answer.interval > interval else interval + SLOW_DOWN_STEP
+            continue
+        if answer.error in ("access_denied", "authorization_declined"):
+            raise LoginFailed(f"login denied: {detail}")
+        if answer.error == "expired_token":
+            raise LoginFailed(f"the code expired before it was approved ({detail}); {again}")
+        raise LoginFailed(f"the server does not know this device code ({detail}); {again}")
+
+
+# ---------------------------------------------------------------- logout
+
+
+def logout(
+    config: Config,
+    account: Account,
+    *,
+    out: IO[str],
+    err: IO[str],
+    revoke: bool = True,
+    client: TokenClient | None = None,
+    clock: Callable[[], float] = time.time,
+) -> int:
+    """Revoke the refresh token where the provider can (RFC 7009), delete the state and every token file, tell a daemon.
+
+    Returns 0, or 1 when the local logout is done but the revocation failed or a token file
+    could not be deleted (the messages say which). Raises a FreshtokenError for what stops it.
+    """
+    name = account.name
+    store = Store(config.state_dir)
+    notes: list[str] = []
+    problems: list[str] = []
+    own_client = client is None
+    if client is None:
+        client = TokenClient(timeouts=Timeouts(config.connect_timeout, config.read_timeout), clock=clock)
+    try:
+        # Under the account lock: a refresh running now would rotate the token we revoke, or write
+        # the files we delete; one that waits finds no state and stops at "needs login".
+        with store.locked(name):
+            try:
+                state = store.load(name)
+            except StateUnusable as exc:
+                notes.append(f"{exc}; deleting it")
+                state = AccountState()
+            state = apply_seed(account, state, clock())
+            token = state.refresh_token
+            if token is None:
+                notes.append("no refresh token was stored; nothing to revoke")
+            elif not revoke:
+                notes.append("--no-revoke: the refresh token was deleted here but stays valid at the provider")
+            elif account.revocation_url:
+                host = _host_of(account.revocation_url)
+                try:
+                    client.revoke(account, token)
+                    notes.append(f"revoked the refresh token at {host}")
+                except FreshtokenError as exc:
+                    problems.append(f"could not revoke the refresh token at {host} ({exc}): it may stay valid until it expires")
+            else:
+                who = account.provider if account.provider in PRESETS else "this account"
+                notes.append(
+                    f"{who} has no RFC 7009 revocation endpoint (revocation_url): the refresh token was deleted here"
+                    " but stays valid until it expires, unless you remove the app's access in your account settings"
+                )
+            if account.refresh_token is not None:
+                # A state that remembers the config's refresh_token as used, or the next run would seed from it again.
+                store.save(
+                    name,
+                    AccountState(
+                        seed=account.refresh_token.fingerprint(), needs_login=True, last_error="logged out", last_error_at=clock()
+                    ),
+                )
+                notes.append(f"the config still has a refresh_token for {name}: remove it from {config.file}")
+            else:
+                store.delete(name)
+            removed, failed = outputs.remove_all(config.token_dir, account)
+            problems += [f"could not delete {failure}" for failure in failed]
+    finally:
+        if own_client:
+            client.session.close()
+    told = store.wake_daemon()
+    lines = [f"Logged out: account {name!r}"]
+    lines += [f"  {note}" for note in notes]
+    lines.append(f"  deleted:  the state{''.join(f', {path}' for path in removed)}")
+    if told:
+        lines.append("The running `freshtoken run` has been told; the account needs a new login.")
+    print("\n".join(lines), file=out, flush=True)
+    for problem in problems:
+        print(f"freshtoken: {name}: {problem}", file=err, flush=True)
+    return 1 if problems else 0
+
+
+def _host_of(url: str) -> str:
+    return urlsplit(url).hostname or url
 
 
 def _read_paste(flow: _Flow, stdin: IO[str], timeout: float, err: IO[str]) -> None:
@@ -518,9 +731,9 @@ def _has_desktop(environ: Mapping[str, str]) -> bool:
     return bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
 
 
-def _summary(flow: _Flow, state: AccountState, out: IO[str], environ: Mapping[str, str]) -> None:
-    now = flow.clock()
-    account = flow.account
+def _summary(
+    config: Config, account: Account, state: AccountState, daemon_told: bool, now: float, out: IO[str], environ: Mapping[str, str]
+) -> None:
     access = state.access
     lines = [f"Logged in: account {account.name!r}"]
     if access is not None:
@@ -536,10 +749,13 @@ def _summary(flow: _Flow, state: AccountState, out: IO[str], environ: Mapping[st
         lines.append(f"  refresh token:   expires {_when(rt)} (in {humanize(rt - now)}); log in again before then")
     else:
         lines.append("  refresh token:   stored; the server did not say when it expires")
-    token_file, json_file = outputs.token_paths(flow.config.token_dir, account.name)
+        preset = PRESETS.get(account.provider or "")
+        if preset is not None and preset.login_note and account.refresh_token_lifetime is None:
+            lines.append(f"  note:            {preset.login_note}")
+    token_file, json_file = outputs.token_paths(config.token_dir, account.name)
     lines.append(f"  token file:      {token_file} (and {json_file.name})")
-    lines.append(f"  print it with:   {get_command(flow.config, account.name, environ)}")
-    if flow.daemon_told:
+    lines.append(f"  print it with:   {get_command(config, account.name, environ)}")
+    if daemon_told:
         lines.append("The running `freshtoken run` has been told and keeps this token fresh from now on.")
     else:
         lines.append("No `freshtoken run` is running on this state dir: start it (or its systemd unit) to keep the token fresh.")

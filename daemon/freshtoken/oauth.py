@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, quote_plus, urlencode
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode
 
 import requests
 import urllib3
@@ -40,6 +40,23 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = f"freshtoken/{__version__} (+https://github.com/freshtoken/freshtoken)"
 TEMPORARY_CODES = {"server_error", "temporarily_unavailable", "slow_down"}
+# Codes that mean "this grant is dead, log in again", beyond RFC 6749's invalid_grant: GitHub answers a spent or
+# expired refresh token with bad_refresh_token and a used code with bad_verification_code (both with HTTP 200).
+INVALID_GRANT_CODES = {"invalid_grant", "bad_refresh_token", "bad_verification_code"}
+INVALID_CLIENT_CODES = {"invalid_client", "incorrect_client_credentials"}  # the second is GitHub's
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"  # RFC 8628 §3.4
+# Answers to a device-code poll that the login loop acts on itself (RFC 8628 §3.5, plus Microsoft's
+# authorization_declined and bad_verification_code and GitHub's incorrect_device_code).
+DEVICE_CODES = {
+    "authorization_pending",
+    "slow_down",
+    "access_denied",
+    "authorization_declined",
+    "expired_token",
+    "bad_verification_code",
+    "incorrect_device_code",
+}
+MAX_DEVICE_WAIT = 86400.0  # a device code said to live longer than a day is not a plan either
 ASSUMED_LIFETIME = 3600  # when a server leaves out expires_in (RFC 6749 lets it), or says more than a year
 MAX_LIFETIME = 365 * 86400  # an access token said to live longer is a unit mistake (ms), not a plan
 MAX_REFRESH_LIFETIME = 10 * 365 * 86400
@@ -62,6 +79,28 @@ class Timeouts:
     @property
     def deadline(self) -> float:
         return self.total if self.total is not None else self.connect + self.read
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCode:
+    """A device authorization answer (RFC 8628 §3.2), checked: what to show the user and what to poll with."""
+
+    device_code: Secret
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str | None
+    expires_in: float
+    interval: float | None  # None: the server did not say (the client waits 5 s)
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePending:
+    """A device-code poll that got no token: the OAuth error code (one of DEVICE_CODES), its cleaned description,
+    and the new interval a slow_down may carry (GitHub sends one)."""
+
+    error: str
+    description: str | None = None
+    interval: float | None = None
 
 
 def make_session(pool_size: int = 4) -> requests.Session:
@@ -113,9 +152,74 @@ class TokenClient:
             in_play.append(Secret(code_verifier))
         return self._request(account, form, secrets_in_play=in_play)
 
+    def device_authorization(self, account: Account) -> DeviceCode:
+        """Ask the device authorization endpoint for a device and user code (RFC 8628 §3.1).
+
+        The client authenticates with Basic when it uses Basic; otherwise only client_id
+        is sent, as Microsoft, Google and GitHub document this request (client_id and scope).
+        """
+        url = account.device_authorization_url
+        if not url:
+            raise RefreshFailed(f"{account.name}: no device_authorization_url (set it, or use a provider preset that has one)")
+        form = {"scope": " ".join(account.scopes)} if account.scopes else {}
+        answer = self._post(url, account, form, basic_only=True)
+        body = answer.body
+        if 200 <= answer.status < 300 and isinstance(body, dict) and not isinstance(body.get("error"), str):
+            return parse_device_code(body, answer.hidden)
+        if 200 <= answer.status < 300 and answer.unreadable is None and not isinstance(body, dict):
+            raise MalformedAnswer(f"HTTP {answer.status} from the device authorization endpoint, but not JSON ({answer.kind})")
+        self._interpret(answer, account.name)  # raises: an error answer, or an unreadable one
+        raise MalformedAnswer(f"HTTP {answer.status} from the device authorization endpoint without a device code")
+
+    def poll_device(self, account: Account, device_code: Secret) -> TokenResponse | DevicePending:
+        """One poll of the token endpoint for a device code (RFC 8628 §3.4): the grant, or why not yet / not at all.
+
+        The error code decides, whatever the status: Google answers authorization_pending
+        with 428 and slow_down with 403, GitHub every error with 200.
+        """
+        form = {"grant_type": DEVICE_GRANT, "device_code": device_code.reveal()}
+        answer = self._post(account.token_url, account, form, secrets_in_play=[device_code])
+        body = answer.body
+        error = body.get("error") if isinstance(body, dict) and "access_token" not in body else None
+        if isinstance(error, str) and error in DEVICE_CODES:
+            description = body.get("error_description") if isinstance(body, dict) else None
+            return DevicePending(
+                error=error,
+                description=clean_server_text(description, 200, answer.hidden) if isinstance(description, str) and description else None,
+                interval=_positive_seconds(body.get("interval")) if isinstance(body, dict) else None,
+            )
+        return self._interpret(answer, account.name)
+
+    def revoke(self, account: Account, token: Secret, hint: str = "refresh_token") -> None:
+        """Revoke `token` at the account's revocation_url (RFC 7009 §2.1) with the client's own authentication.
+
+        200 is success whatever the body (§2.2: an unknown token is not an error), and so is Google's
+        400 invalid_token (the token is dead already). Raises TemporaryError or RefreshFailed otherwise.
+        """
+        if not account.revocation_url:
+            raise RefreshFailed(f"{account.name}: no revocation_url")
+        form = {"token": token.reveal(), "token_type_hint": hint}
+        answer = self._post(account.revocation_url, account, form, secrets_in_play=[token])
+        error = answer.body.get("error") if isinstance(answer.body, dict) else None
+        if 200 <= answer.status < 300 or error == "invalid_token":
+            return
+        if isinstance(error, str):
+            self._interpret(answer, account.name)  # raises, classified by the OAuth error code
+        if answer.status in (408, 429) or answer.status >= 500:
+            retry_after = _retry_after(answer.headers.get("Retry-After"), now=self.clock())
+            raise TemporaryError(f"HTTP {answer.status} ({answer.kind})", retry_after=retry_after)
+        raise RefreshFailed(f"HTTP {answer.status} without an OAuth error ({answer.kind}); check revocation_url")
+
     # ------------------------------------------------------------ transport
 
     def _request(self, account: Account, form: dict[str, str], secrets_in_play: Iterable[Secret] = ()) -> TokenResponse:
+        return self._interpret(self._post(account.token_url, account, form, secrets_in_play=secrets_in_play), account.name)
+
+    def _post(
+        self, url: str, account: Account, form: dict[str, str], *, secrets_in_play: Iterable[Secret] = (), basic_only: bool = False
+    ) -> _Answer:
+        """POST `form` with the client's authentication; the answer read under the size cap and the total deadline."""
+        # GitHub answers form-encoded unless asked for JSON; servers that ignore Accept are read either way.
         headers = {"Accept": "application/json"}
         form = dict(form)
         secret = account.client_secret.reveal() if account.client_secret else None
@@ -125,19 +229,19 @@ class TokenClient:
             pair = f"{quote_plus(account.client_id or '')}:{quote_plus(secret)}"
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
             hidden += [headers["Authorization"][6:], base64.b64encode(f"{account.client_id or ''}:{secret}".encode()).decode()]
-        elif account.client_auth == "post" and secret is not None:
+        elif account.client_auth == "post" and secret is not None and not basic_only:
             form["client_id"] = account.client_id or ""
             form["client_secret"] = secret
         else:
             form["client_id"] = account.client_id or ""
-        host = _host(account.token_url)
+        host = _host(url)
         started = self.clock()
         watch = _WATCHDOG.start(self.timeouts.deadline)
         response: requests.Response | None = None
         try:
             try:
                 response = self.session.post(
-                    account.token_url,
+                    url,
                     data=form,
                     headers=headers,
                     timeout=(self.timeouts.connect, self.timeouts.read),
@@ -170,20 +274,20 @@ class TokenClient:
         finally:
             if response is not None:
                 response.close()  # after a complete read the connection is already back in the pool
-        return self._interpret(response.status_code, response.headers, body, unreadable, started, hidden, account.name)
+        decoded = None if unreadable else _decode(response.headers, body)
+        kind = unreadable or _content_kind(response.headers, body)
+        return _Answer(response.status_code, response.headers, decoded, kind, unreadable, started, hidden)
 
-    def _interpret(
-        self,
-        status: int,
-        headers: Any,
-        content: bytes,
-        unreadable: str | None,
-        started: float,
-        hidden: list[str],
-        account: str,
-    ) -> TokenResponse:
-        body = None if unreadable else _json_or_none(content)
-        kind = unreadable or _content_kind(headers, content)
+    def _interpret(self, answer: _Answer, account: str) -> TokenResponse:
+        status, headers, body, kind, unreadable, hidden = (
+            answer.status,
+            answer.headers,
+            answer.body,
+            answer.kind,
+            answer.unreadable,
+            answer.hidden,
+        )
+        started = answer.started
         retry_after = _retry_after(headers.get("Retry-After"), now=self.clock())
         if 200 <= status < 300:
             if unreadable:
@@ -207,13 +311,62 @@ class TokenClient:
             raise TemporaryError(detail, retry_after=retry_after)
         if 300 <= status < 400:
             raise RefreshFailed(f"{detail}: the token endpoint redirected; check token_url")
-        if error == "invalid_grant":
+        if error in INVALID_GRANT_CODES:
             raise InvalidGrant(detail)
-        if error == "invalid_client" or status == 401:
+        if error in INVALID_CLIENT_CODES or status == 401:
             raise RefreshFailed(f"{detail} (check client_id and the client secret)")
         if not error:
             raise RefreshFailed(f"{detail} without an OAuth error ({kind}); check token_url")
         raise RefreshFailed(detail)
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """An answer read whole: status, headers, the decoded body (a JSON value or a form's dict, else None)."""
+
+    status: int
+    headers: Any
+    body: Any
+    kind: str  # the content type as shown in messages, or why the body was not read
+    unreadable: str | None
+    started: float
+    hidden: list[str]
+
+
+def parse_device_code(body: dict[str, Any], hidden: Iterable[str] = ()) -> DeviceCode:
+    """Check a device authorization answer; MalformedAnswer names the field at fault.
+
+    Google names the page `verification_url`; Microsoft and GitHub send no
+    verification_uri_complete; node-oidc-provider sends no interval.
+    """
+    device_code = body.get("device_code")
+    user_code = body.get("user_code")
+    uri = body.get("verification_uri", body.get("verification_url"))
+    complete = body.get("verification_uri_complete")
+    if not isinstance(device_code, str) or not device_code:
+        raise MalformedAnswer("malformed device authorization answer: no device_code")
+    if not isinstance(user_code, str) or not user_code or len(user_code) > 64 or not user_code.isprintable():
+        raise MalformedAnswer("malformed device authorization answer: no usable user_code")
+    if not _is_web_url(uri):
+        raise MalformedAnswer("malformed device authorization answer: verification_uri is not an http(s) URL")
+    lifetime = _positive_seconds(body.get("expires_in"))
+    if "expires_in" in body and lifetime is None:
+        shown = clean_server_text(str(body.get("expires_in")), 40, hidden)
+        raise MalformedAnswer(f"malformed device authorization answer: expires_in {shown} is not a positive number of seconds")
+    interval = _positive_seconds(body.get("interval"))
+    expires_in = min(lifetime or 900.0, MAX_DEVICE_WAIT)  # RFC 8628 requires expires_in; 15 min is what most servers give
+    return DeviceCode(
+        device_code=Secret(device_code),
+        user_code=user_code,
+        verification_uri=str(uri),
+        verification_uri_complete=str(complete) if _is_web_url(complete) else None,
+        expires_in=expires_in,
+        interval=min(interval, expires_in) if interval is not None else None,
+    )
+
+
+def _is_web_url(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= 2048 and value.isprintable() and re.match(r"https?://[^\s/]+", value) is not None
 
 
 def parse_token_response(body: dict[str, Any], *, now: float, hidden: Iterable[str] = (), account: str = "") -> TokenResponse:
@@ -293,6 +446,7 @@ def authorize_url(account: Account, redirect_uri: str, state: str, code_challeng
     if not account.authorize_url:
         raise RefreshFailed(f"{account.name}: no authorize_url (set it, or use a provider preset)")
     params = {"response_type": "code", "client_id": account.client_id or "", "redirect_uri": redirect_uri, "state": state}
+    params.update(account.authorize_params)  # e.g. Google's access_type=offline, prompt=consent (config refuses our own names)
     if account.scopes:
         params["scope"] = " ".join(account.scopes)
     if code_challenge:
@@ -555,6 +709,18 @@ def _replace_ascii_nocase(text: str, old: str, new: str) -> str:
         parts += [text[start:found], new]
         start = found + len(needle)
     return "".join(parts) + text[start:]
+
+
+def _decode(headers: Any, content: bytes) -> Any:
+    """The body as JSON, or as a form for a form-encoded answer (GitHub's default), else None."""
+    body = _json_or_none(content)
+    if body is None and headers.get("Content-Type", "").split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+        try:
+            pairs = parse_qsl(content.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return dict(pairs) if pairs else None
+    return body
 
 
 def _json_or_none(content: bytes) -> Any:

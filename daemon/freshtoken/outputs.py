@@ -63,6 +63,21 @@ def write_all(token_dir: Path, account: Account, token: AccessToken) -> None:
         raise OutputError("could not write " + "; ".join(failures))
 
 
+def remove_all(token_dir: Path, account: Account) -> tuple[list[Path], list[str]]:
+    """Delete every file written for `account` (`logout`): the paths removed, and "path: reason" for each that could not be."""
+    removed, failures = [], []
+    for output in all_outputs(token_dir, account):
+        try:
+            os.unlink(output.path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            failures.append(f"{output.path}: {exc.strerror or exc}")
+            continue
+        removed.append(output.path)
+    return removed, failures
+
+
 def warn_if_open(token_dir: Path) -> None:
     """Log once if every user may list or write the token dir (e.g. 0755 or 1777; 0750 is the default).
 

@@ -199,6 +199,26 @@ class Store:
         writer = pending or PendingWrite(self.path(account), STATE_FILE_MODE, owner=self.owner)
         writer.commit(data, durable_first=durable_first)
 
+    def delete(self, account: str) -> bool:
+        """Remove the account's state file (under the account lock: `logout`); False if there was none.
+
+        The lock file stays: another process may be waiting on it. Raises StateWriteError.
+        """
+        path = self.path(account)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StateWriteError(f"cannot delete state {path}: {_reason(exc)}") from None
+        with contextlib.suppress(OSError):  # the entry's removal made durable; the unlink itself has happened
+            fd = open_dir(self.dir)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return True
+
     def mtime(self, account: str) -> float | None:
         try:
             return self.path(account).stat().st_mtime

@@ -72,6 +72,15 @@ const CLIENTS = [
     response_types: ['code'],
   },
   {
+    // Device authorization grant (RFC 8628) only: public, no redirect URIs.
+    client_id: 'device-client',
+    token_endpoint_auth_method: 'none',
+    application_type: 'native',
+    redirect_uris: [],
+    grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
+    response_types: [],
+  },
+  {
     client_id: 'cc-client',
     client_secret: 'cc-client-secret',
     token_endpoint_auth_method: 'client_secret_basic',
@@ -113,6 +122,8 @@ async function main() {
       clientCredentials: { enabled: true },
       introspection: { enabled: true },
       revocation: { enabled: true },
+      // Routes /device/auth (device authorization) and /device (the user's page); its answer has no `interval`.
+      deviceFlow: { enabled: true },
       resourceIndicators: {
         enabled: true,
         defaultResource: async () => RESOURCE,
@@ -219,6 +230,7 @@ async function main() {
     token_endpoint: `${issuer}/token`,
     introspection_endpoint: `${issuer}/token/introspection`,
     revocation_endpoint: `${issuer}/token/revocation`,
+    device_authorization_endpoint: `${issuer}/device/auth`,
     userinfo_endpoint: `${issuer}/me`,
     discovery: `${issuer}/.well-known/openid-configuration`,
     resource: RESOURCE,

@@ -6,10 +6,11 @@
 #    source ~/.local/share/bash_completion/freshtoken
 # See also: https://github.com/scop/bash-completion/blob/main/doc/configuration.md
 
-_shtab_freshtoken_subparsers=(run login refresh get status check-config add install-systemd demo)
+_shtab_freshtoken_subparsers=(run login logout refresh get status check-config add install-systemd demo)
 
 _shtab_freshtoken_run_option_strings=(-h --help -c --config -v --verbose --log-format)
-_shtab_freshtoken_login_option_strings=(-h --help -c --config -v --verbose --log-format --no-browser --manual --timeout)
+_shtab_freshtoken_login_option_strings=(-h --help -c --config -v --verbose --log-format --no-browser --manual --device --no-device --timeout)
+_shtab_freshtoken_logout_option_strings=(-h --help -c --config -v --verbose --log-format --no-revoke)
 _shtab_freshtoken_refresh_option_strings=(-h --help -c --config -v --verbose --log-format --if-needed)
 _shtab_freshtoken_get_option_strings=(-h --help -c --config -v --verbose --log-format --format --min-valid --token-dir)
 _shtab_freshtoken_status_option_strings=(-h --help -c --config -v --verbose --log-format --json)
@@ -23,6 +24,7 @@ _shtab_freshtoken_option_strings=(-h --help -c --config -v --verbose --log-forma
 
 _shtab_freshtoken_run___log_format_choices=(plain json)
 _shtab_freshtoken_login___log_format_choices=(plain json)
+_shtab_freshtoken_logout___log_format_choices=(plain json)
 _shtab_freshtoken_refresh___log_format_choices=(plain json)
 _shtab_freshtoken_get___log_format_choices=(plain json)
 _shtab_freshtoken_get___format_choices=(raw json header env)
@@ -32,7 +34,7 @@ _shtab_freshtoken_add___log_format_choices=(plain json)
 _shtab_freshtoken_add___client_auth_choices=(basic post none)
 _shtab_freshtoken_install_systemd___log_format_choices=(plain json)
 _shtab_freshtoken_demo___log_format_choices=(plain json)
-_shtab_freshtoken_pos_0_choices=(run login refresh get status check-config add install-systemd demo)
+_shtab_freshtoken_pos_0_choices=(run login logout refresh get status check-config add install-systemd demo)
 _shtab_freshtoken___log_format_choices=(plain json)
 
 _shtab_freshtoken_run__h_nargs=0
@@ -45,6 +47,13 @@ _shtab_freshtoken_login__v_nargs=0
 _shtab_freshtoken_login___verbose_nargs=0
 _shtab_freshtoken_login___no_browser_nargs=0
 _shtab_freshtoken_login___manual_nargs=0
+_shtab_freshtoken_login___device_nargs=0
+_shtab_freshtoken_login___no_device_nargs=0
+_shtab_freshtoken_logout__h_nargs=0
+_shtab_freshtoken_logout___help_nargs=0
+_shtab_freshtoken_logout__v_nargs=0
+_shtab_freshtoken_logout___verbose_nargs=0
+_shtab_freshtoken_logout___no_revoke_nargs=0
 _shtab_freshtoken_refresh_pos_0_nargs='*'
 _shtab_freshtoken_refresh__h_nargs=0
 _shtab_freshtoken_refresh___help_nargs=0
