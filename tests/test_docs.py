@@ -309,3 +309,21 @@ def test_systemd_readme_switches_the_unit_to_the_encrypted_credential(tmp_path: 
     assert ANALYZE is not None
     result = subprocess.run([ANALYZE, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60, check=False)
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+# ------------------------------------------------------------------ issue 12: the README's preset configs load
+
+
+def test_every_yaml_config_in_the_readme_passes_check_config(tmp_path: Path) -> None:
+    """Each ```yaml block of the README that defines accounts (the quick start's, the presets') passes check-config as written."""
+    blocks = ["\n".join(block) for block in code_blocks(README.read_text(), "yaml")]
+    configs = [block for block in blocks if block.lstrip().startswith("accounts:")]
+    assert len(configs) >= 1, "the README has no account config block"
+    for index, block in enumerate(configs):
+        path = tmp_path / f"readme-{index}.yaml"
+        path.write_text(f"state_dir: {tmp_path}/state-{index}\ntoken_dir: {tmp_path}/tokens-{index}\n{block}\n")
+        variables = {name: "not-a-real-secret" for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", block)}
+        out, err = io.StringIO(), io.StringIO()
+        code = cli.main(["-c", str(path), "check-config"], environ={"HOME": str(tmp_path), **variables}, stdout=out, stderr=err)
+        assert (code, err.getvalue()) == (0, ""), block
+        assert "not-a-real-secret" not in out.getvalue()
