@@ -418,16 +418,7 @@ class Daemon:
         """Plan the next run (timing.plan_next), count the outcome, log it and publish the account's new view."""
         view, outcome, name = track.view, report.outcome, track.view.name
         now = self.clock()
-        plan = plan_next(
-            outcome,
-            attempts=view.attempts,
-            margin_config=self.config.margin_for(track.account),
-            now=now,
-            rng=self.rng,
-            backoff_cap=self.config.backoff_max,
-            token_expires_at=view.expires_at,
-            min_interval=self.config.min_refresh_interval,
-        )
+        plan = self._plan(track, outcome, now)
         if not isinstance(outcome, FreshtokenError):
             runs = _counted(view.runs, "success" if report.refreshed else "current")
             expires_at = outcome.access.expires_at if outcome.access else None
@@ -461,6 +452,18 @@ class Daemon:
         self._publish(track, status="retrying", runs=runs, **changes)
         return plan
 
+    def _plan(self, track: _Track, outcome: AccountState | FreshtokenError, now: float) -> Plan:
+        return plan_next(
+            outcome,
+            attempts=track.view.attempts,
+            margin_config=self.config.margin_for(track.account),
+            now=now,
+            rng=self.rng,
+            backoff_cap=self.config.backoff_max,
+            token_expires_at=track.view.expires_at,
+            min_interval=self.config.min_refresh_interval,
+        )
+
     # ------------------------------------------------------------ start-up, requests, heartbeat (the loop's thread)
 
     def _start_account(self, track: _Track) -> None:
@@ -474,15 +477,7 @@ class Daemon:
         try:
             state = self.refresher.write_current(track.account)
             if state is not None and state.access is not None:
-                plan = plan_next(
-                    state,
-                    attempts=0,
-                    margin_config=self.config.margin_for(track.account),
-                    now=now,
-                    rng=self.rng,
-                    backoff_cap=self.config.backoff_max,
-                    min_interval=self.config.min_refresh_interval,
-                )
+                plan = self._plan(track, state, now)
                 track.state_mtime = self.store.mtime(name)
                 expiries = {"expires_at": state.access.expires_at, "refresh_token_expires_at": state.refresh_token_expires_at}
                 self._publish(track, status="ok", **expiries)
