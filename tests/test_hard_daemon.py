@@ -153,6 +153,15 @@ def test_one_second_tokens_are_refreshed_no_more_often_than_the_floor(top, floor
         assert fast.refreshes_ok == 30 / floor
 
 
+def test_a_restart_plans_a_short_token_at_once_without_the_floor(server, clock, dirs, write, make_daemon):
+    """A restart that finds a token with 1 s left, refreshed 3 s ago, plans its refresh now, not after the 10 s floor."""
+    seed = server.issue_refresh_token(DEMO_CLIENT_ID)
+    store_token(dirs["state"], "a", seed, "stored", expires_at=clock() + 1, last_refresh=clock() - 3)
+    daemon = make_daemon(write(account_yaml("a", server, seed)))
+    daemon.startup()
+    assert clock() == view(daemon, "a").planned_at
+
+
 def test_the_floor_counts_from_the_last_refresh() -> None:
     """After a run that found a 1 s token refreshed 5 s ago, the next refresh is 5 s away; a long-lived token keeps its margin."""
     now = 1_800_000_000.0

@@ -452,7 +452,7 @@ class Daemon:
         self._publish(track, status="retrying", runs=runs, **changes)
         return plan
 
-    def _plan(self, track: _Track, outcome: AccountState | FreshtokenError, now: float) -> Plan:
+    def _plan(self, track: _Track, outcome: AccountState | FreshtokenError, now: float, *, min_interval: float | None = None) -> Plan:
         return plan_next(
             outcome,
             attempts=track.view.attempts,
@@ -461,7 +461,7 @@ class Daemon:
             rng=self.rng,
             backoff_cap=self.config.backoff_max,
             token_expires_at=track.view.expires_at,
-            min_interval=self.config.min_refresh_interval,
+            min_interval=self.config.min_refresh_interval if min_interval is None else min_interval,
         )
 
     # ------------------------------------------------------------ start-up, requests, heartbeat (the loop's thread)
@@ -477,7 +477,8 @@ class Daemon:
         try:
             state = self.refresher.write_current(track.account)
             if state is not None and state.access is not None:
-                plan = self._plan(track, state, now)
+                # No floor here: a restart finds no refresh of ours to space out, and a short token must not wait.
+                plan = self._plan(track, state, now, min_interval=0.0)
                 track.state_mtime = self.store.mtime(name)
                 expiries = {"expires_at": state.access.expires_at, "refresh_token_expires_at": state.refresh_token_expires_at}
                 self._publish(track, status="ok", **expiries)
