@@ -1,8 +1,9 @@
-"""The daemon in-process: the pure plan_next policy, and Daemon driven by a FakeClock with its scheduler idle.
+"""The daemon in-process: the pure plan_next policy, and Daemon driven by a FakeClock with its scheduler paused.
 
-Refreshes go over real loopback HTTP to an AuthServer that shares the test's clock. Tests call
-start_account / run_account / beat / reload / _check_clock themselves instead of waiting for the
-scheduler; only the wall-clock-jump test starts the scheduler for real (with a 0.2 s heartbeat).
+Refreshes go over real loopback HTTP to an AuthServer that shares the test's clock. Tests drive the
+daemon through its public surface: startup(), the request_* methods, step() (one turn of its loop:
+requests handled, due runs run on the test's thread), beat() (the heartbeat), and read snapshot().
+Two tests start the scheduler for real: a run in flight during a reload, and the wall-clock jump.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -21,13 +23,15 @@ import pytest
 
 from fakes import FakeClock
 from freshtoken import config as config_module
-from freshtoken.daemon import PERMANENT_BASE, Daemon, plan_next
+from freshtoken.daemon import AccountView, Daemon
 from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from freshtoken.errors import InvalidGrant, RefreshFailed, TemporaryError
 from freshtoken.model import AccessToken, AccountState, Secret
 from freshtoken.outputs import OutputError
+from freshtoken.pacing import PacedTokenClient
 from freshtoken.refresh import Refresher
 from freshtoken.store import Store
+from freshtoken.timing import MAX_PLAN, PERMANENT_BASE, bounded, plan_next
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -156,6 +160,7 @@ def make_daemon(clock: FakeClock, mono: FakeClock) -> Iterator[Callable[..., Dae
         monotonic: Callable[[], float] | None = None,
         heartbeat: float = 30.0,
         running: bool = False,
+        client: PacedTokenClient | None = None,
     ) -> Daemon:
         """A Daemon on the test's clocks; its scheduler started paused (jobs are kept, none runs) unless `running`."""
         env = environ or {}
@@ -167,6 +172,7 @@ def make_daemon(clock: FakeClock, mono: FakeClock) -> Iterator[Callable[..., Dae
             rng=seeded(0),
             environ=env,
             heartbeat=heartbeat,
+            client=client,
         )
         made.append(daemon)
         daemon.scheduler.start(paused=not running)
@@ -174,9 +180,7 @@ def make_daemon(clock: FakeClock, mono: FakeClock) -> Iterator[Callable[..., Dae
 
     yield make
     for daemon in made:
-        # The daemon's own stop: shutdown(wait=True) would deadlock with a job that is
-        # still re-scheduling itself (APScheduler holds its job-store lock while it waits).
-        daemon._shutdown()
+        daemon.close()
         daemon.client.session.close()
 
 
@@ -189,6 +193,49 @@ def logs(caplog: pytest.LogCaptureFixture) -> Callable[[str], list[str]]:
         return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
     return matching
+
+
+@pytest.fixture
+def own_signals() -> Iterator[None]:
+    """Daemon.run installs signal handlers; put the test process's back afterwards."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def run_until(daemon: Daemon, done: Callable[[], bool], timeout: float = 10.0) -> tuple[int, bool]:
+    """Daemon.run() on this (main) thread until `done()` holds; returns its exit code and whether `done` was met."""
+    met = threading.Event()
+
+    def watch() -> None:
+        if until(done, timeout):
+            met.set()
+        daemon.request_stop("test over")
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        code = daemon.run()
+    finally:
+        daemon.request_stop("test over")
+        watcher.join(timeout + 5)
+    return code, met.is_set()
+
+
+def until(done: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll `done()` every 10 ms until it holds (True) or `timeout` seconds pass (False)."""
+    pause = threading.Event()
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        pause.wait(0.01)
+    return True
+
+
+def view(daemon: Daemon, name: str) -> AccountView:
+    return daemon.snapshot()[name]
 
 
 def store_token(state_dir: Path, name: str, seed: str, token: str, *, expires_at: float, last_refresh: float) -> None:
@@ -206,11 +253,23 @@ def jobs_by_id(daemon: Daemon) -> dict[str, object]:
     return {job.id: job for job in daemon.scheduler.get_jobs()}
 
 
+def job_of(daemon: Daemon, name: str) -> str:
+    """The id of the account's one job in the scheduler (ids are `<account>#<n>`)."""
+    [job] = [job_id for job_id in jobs_by_id(daemon) if job_id.rpartition("#")[0] == name]
+    return job
+
+
 def run_date(daemon: Daemon, name: str) -> float:
     """The real epoch second the account's job is due at, as APScheduler sees it."""
-    job = jobs_by_id(daemon)[daemon.slots[name].job]
+    job = jobs_by_id(daemon)[job_of(daemon, name)]
     when: datetime = job.trigger.run_date  # type: ignore[attr-defined]
     return when.timestamp()
+
+
+def advance(clock: FakeClock, mono: FakeClock, seconds: float) -> None:
+    """Time passes: both clocks move (moving only the wall clock is a clock jump)."""
+    clock.advance(seconds)
+    mono.advance(seconds)
 
 
 # ---------------------------------------------------------------- start-up
@@ -223,17 +282,17 @@ def test_start_writes_a_still_valid_stored_token_at_once_without_a_request(serve
     store_token(dirs["state"], "a", seed, "stored-token", expires_at=now + 1800, last_refresh=now - 1800)
     daemon = make_daemon(write(account_yaml("a", server, seed)))
 
-    daemon.start_account("a")
+    daemon.startup()
 
     assert "stored-token\n" == token_in(dirs, "a")
     assert 0 == len(server.requests)
-    slot = daemon.slots["a"]
-    assert now + 1800 - 396 <= slot.planned_at <= now + 1800 - 360
-    assert "ok" == slot.last_outcome
-    assert set() == daemon._startup_pending
-    assert [slot.job] == list(jobs_by_id(daemon))
+    a = view(daemon, "a")
+    assert now + 1800 - 396 <= a.planned_at <= now + 1800 - 360
+    assert "ok" == a.status
+    assert daemon.ready  # nothing had to run first
+    assert 1 == len(jobs_by_id(daemon))
     # APScheduler (real clock) gets the same distance from now as our FakeClock plan.
-    assert abs(run_date(daemon, "a") - (time.time() + slot.planned_at - now)) < 1.0
+    assert abs(run_date(daemon, "a") - (time.time() + a.planned_at - now)) < 1.0
 
 
 def test_start_refreshes_at_once_when_the_stored_token_has_expired(server, clock, dirs, write, make_daemon):
@@ -243,29 +302,33 @@ def test_start_refreshes_at_once_when_the_stored_token_has_expired(server, clock
     store_token(dirs["state"], "a", seed, "old-token", expires_at=now - 5, last_refresh=now - 3605)
     daemon = make_daemon(write(account_yaml("a", server, seed)))
 
-    daemon.start_account("a")
+    daemon.startup()
     assert not (dirs["tokens"] / "a.token").exists()
-    assert (now, {"a"}) == (daemon.slots["a"].planned_at, daemon._startup_pending)
+    assert (now, False) == (view(daemon, "a").planned_at, daemon.ready)
 
-    plan = daemon.run_account("a")
+    daemon.step()
     assert 1 == server.refreshes_ok
     token = token_in(dirs, "a").strip()
     assert server.is_valid_access_token(token)
-    assert now + HOUR - 396 <= plan.at <= now + HOUR - 360
-    assert ("ran", "a") == daemon.events.get_nowait()
+    assert now + HOUR - 396 <= view(daemon, "a").planned_at <= now + HOUR - 360
+    assert daemon.ready
 
 
-def test_jobs_never_misfire_and_there_is_one_per_account(server, write, make_daemon):
-    """Every job is a date job with misfire_grace_time None, coalesce and max_instances 1, one per account."""
-    accounts = [account_yaml(n, server, server.issue_refresh_token(DEMO_CLIENT_ID)) for n in ("a", "b", "c")]
-    daemon = make_daemon(write(*accounts))
-    for name in ("a", "b", "c"):
-        daemon.start_account(name)
-    daemon.schedule("b", daemon.clock() + 60)  # replaces b's job, never adds a second one
+def test_jobs_never_misfire_and_there_is_one_per_account(server, clock, dirs, write, make_daemon):
+    """Every job is a date job with misfire_grace_time None, coalesce and max_instances 1, one per account, even re-planned."""
+    seeds = {n: server.issue_refresh_token(DEMO_CLIENT_ID) for n in ("a", "b", "c")}
+    for name in seeds:
+        store_token(dirs["state"], name, seeds[name], "stored", expires_at=clock() + 1800, last_refresh=clock() - 1800)
+    daemon = make_daemon(write(*(account_yaml(n, server, seeds[n]) for n in seeds)))
+    daemon.startup()
+    before = set(jobs_by_id(daemon))
+    clock.advance(60)  # a wall-clock jump: every job is re-added at its planned time
+    daemon.beat()
 
     jobs = daemon.scheduler.get_jobs()
     assert 3 == len(jobs)
-    assert {daemon.slots[n].job for n in ("a", "b", "c")} == {job.id for job in jobs}
+    assert before.isdisjoint(job.id for job in jobs)  # replaced, never a second one beside the first
+    assert {"a", "b", "c"} == {job.id.rpartition("#")[0] for job in jobs}
     for job in jobs:
         assert (None, True, 1) == (job.misfire_grace_time, job.coalesce, job.max_instances)
         assert "DateTrigger" == type(job.trigger).__name__
@@ -278,95 +341,92 @@ def test_invalid_grant_parks_the_account_and_says_so_once(server, clock, mono, d
     """After invalid_grant the account has no job, its file keeps the last good token, and the login hint is logged once over 20 beats."""
     seed = server.issue_refresh_token(DEMO_CLIENT_ID)
     daemon = make_daemon(write(account_yaml("a", server, seed)))
-    daemon.run_account("a")
+    daemon.startup()
+    daemon.step()
     good = token_in(dirs, "a")
     server.revoke_grant(seed)
-    clock.advance(HOUR - 300)  # inside the margin
+    advance(clock, mono, HOUR - 300)  # inside the margin
 
-    plan = daemon.run_account("a")
+    daemon.step()
 
-    slot = daemon.slots["a"]
-    assert (None, True, "needs-login", None) == (plan.at, slot.needs_login, slot.last_outcome, slot.job)
+    a = view(daemon, "a")
+    assert (None, True, "needs-login") == (a.planned_at, a.needs_login, a.status)
     assert [] == daemon.scheduler.get_jobs()
     assert good == token_in(dirs, "a")
     for _ in range(20):
-        clock.advance(30)
-        mono.advance(30)
+        advance(clock, mono, 30)
         daemon.beat()
-    daemon.run_account("a")  # even a stray run says nothing new and sends nothing
+        daemon.step()
     [said] = logs("freshtoken login a")
     assert said.startswith("a: refresh token refused (HTTP 400 invalid_grant")
     assert 2 == server.token_requests  # one success, one refusal; no retries
-    assert {"success": 1, "invalid_grant": 2} == slot.outcomes
+    assert {"success": 1, "invalid_grant": 1} == view(daemon, "a").runs
 
 
-def test_a_new_login_is_picked_up_by_the_heartbeat(server, clock, dirs, write, make_daemon, logs):
+def test_a_new_login_is_picked_up_by_the_heartbeat(server, clock, mono, dirs, write, make_daemon, logs):
     """A login stored by another process (Refresher.adopt) while the account is parked resumes it on the next beat, without a restart."""
     seed = server.issue_refresh_token(DEMO_CLIENT_ID)
     path = write(account_yaml("a", server, seed))
     daemon = make_daemon(path)
     server.revoke_grant(seed)
-    daemon.run_account("a")
-    assert daemon.slots["a"].needs_login
+    daemon.startup()
+    daemon.step()
+    assert view(daemon, "a").needs_login
     daemon.beat()
-    assert daemon.slots["a"].planned_at is None  # nothing changed on disk: still parked
+    assert view(daemon, "a").planned_at is None  # nothing changed on disk: still parked
 
     # What `freshtoken login a` does: exchange, then adopt into the state and the token dir.
     config = config_module.load(path, {})
     login = Refresher(config, Store(config.state_dir), daemon.client, clock=clock)
     response = daemon.client.refresh(config.accounts["a"], Secret(server.issue_refresh_token(DEMO_CLIENT_ID)))
     login.adopt(config.accounts["a"], response)
-    clock.advance(30)
+    advance(clock, mono, 30)
     daemon.beat()
 
-    slot = daemon.slots["a"]
-    assert (False, clock()) == (slot.needs_login, slot.planned_at)
+    assert (False, clock()) == (view(daemon, "a").needs_login, view(daemon, "a").planned_at)
     assert ["a: new login found; resuming"] == logs("new login found")
-    plan = daemon.run_account("a")
-    assert plan.at is not None and slot.last_outcome == "ok"
+    daemon.step()
+    assert view(daemon, "a").planned_at is not None and view(daemon, "a").status == "ok"
     assert server.is_valid_access_token(token_in(dirs, "a").strip())
 
 
 def test_a_new_seed_in_the_config_and_reload_resume_a_parked_account(server, clock, dirs, write, make_daemon):
-    """A parked account whose config gets a new refresh_token is refreshed with that token after reload(), without a restart."""
+    """A parked account whose config gets a new refresh_token is refreshed with that token after a reload, without a restart."""
     seed = server.issue_refresh_token(DEMO_CLIENT_ID)
     daemon = make_daemon(write(account_yaml("a", server, seed)))
     server.revoke_grant(seed)
-    daemon.run_account("a")
-    assert daemon.slots["a"].needs_login
+    daemon.startup()
+    daemon.step()
+    assert view(daemon, "a").needs_login
 
     new_seed = server.issue_refresh_token(DEMO_CLIENT_ID)
     write(account_yaml("a", server, new_seed))
-    daemon.reload()
-    assert (False, clock()) == (daemon.slots["a"].needs_login, daemon.slots["a"].planned_at)
-    daemon.run_account("a")
+    daemon.request_reload()
+    daemon.step()
 
     assert new_seed == server.requests[-1].form["refresh_token"]
     assert 200 == server.requests[-1].status
     assert server.is_valid_access_token(token_in(dirs, "a").strip())
+    assert (False, "ok") == (view(daemon, "a").needs_login, view(daemon, "a").status)
 
 
 def test_a_parking_run_does_not_drop_a_newer_schedule(server, clock, dirs, write, make_daemon):
-    """If a reload schedules a new run while an invalid_grant answer is in flight, the account is not parked: the new run happens."""
+    """If a reload plans a new run while an invalid_grant answer is in flight, the account is not parked: the new run happens."""
     seed = server.issue_refresh_token(DEMO_CLIENT_ID)
-    daemon = make_daemon(write(account_yaml("a", server, seed)))
-    daemon.schedule("a", clock())
-    job = daemon.slots["a"].job
+    daemon = make_daemon(write(account_yaml("a", server, seed)), running=True)
     server.script(400, json={"error": "invalid_grant", "error_description": "revoked"}, delay=0.5)
-    runner = threading.Thread(target=daemon.run_account, args=("a", job))
-    runner.start()
+    daemon.startup()  # the scheduler's pool runs `a` at once
     assert server.wait_until(lambda s: s.token_requests == 1, 5)
-    write(account_yaml("a", server, server.issue_refresh_token(DEMO_CLIENT_ID)))
-    daemon.reload()  # the user fixed it while the old token was being refused
-    newer = daemon.slots["a"].job
-    runner.join(5)
+    new_seed = server.issue_refresh_token(DEMO_CLIENT_ID)
+    write(account_yaml("a", server, new_seed))
+    daemon.request_reload()  # the user fixed it while the old token was being refused
 
-    assert newer != job
-    assert newer == daemon.slots["a"].job
-    assert [newer] == [j.id for j in daemon.scheduler.get_jobs()]
-    daemon.run_account("a", newer)
-    assert not daemon.slots["a"].needs_login
+    assert until(lambda: daemon.step() and view(daemon, "a").status == "ok")
+
+    assert not view(daemon, "a").needs_login
+    assert (seed, new_seed) == (server.requests[0].form["refresh_token"], server.requests[1].form["refresh_token"])
     assert server.is_valid_access_token(token_in(dirs, "a").strip())
+    assert 1 == len(jobs_by_id(daemon))  # the next refresh, and only that
 
 
 def test_the_heartbeat_survives_an_unreadable_state(server, clock, dirs, write, make_daemon, logs):
@@ -374,14 +434,15 @@ def test_the_heartbeat_survives_an_unreadable_state(server, clock, dirs, write, 
     seed = server.issue_refresh_token(DEMO_CLIENT_ID)
     daemon = make_daemon(write(account_yaml("a", server, seed)))
     server.revoke_grant(seed)
-    daemon.run_account("a")
+    daemon.startup()
+    daemon.step()
     state_file = dirs["state"] / "a.json"
     state_file.unlink()
     state_file.mkdir()  # a directory where the file should be: unreadable even for root
 
     daemon.beat()
 
-    assert daemon.slots["a"].needs_login
+    assert view(daemon, "a").needs_login
     assert 1 == len(logs("cannot read state"))
 
 
@@ -393,13 +454,15 @@ def test_reload_with_a_broken_config_keeps_the_old_one(server, clock, dirs, writ
     seed = server.issue_refresh_token(DEMO_CLIENT_ID)
     path = write(account_yaml("a", server, seed))
     daemon = make_daemon(path)
-    daemon.run_account("a")
-    before = (daemon.config, dict(daemon.slots), daemon.slots["a"].job, daemon.slots["a"].planned_at)
+    daemon.startup()
+    daemon.step()
+    before = (daemon.config, daemon.snapshot(), set(jobs_by_id(daemon)))
     path.write_text("accounts: [\n")
 
-    daemon.reload()
+    daemon.request_reload()
+    daemon.step()
 
-    assert before == (daemon.config, dict(daemon.slots), daemon.slots["a"].job, daemon.slots["a"].planned_at)
+    assert before == (daemon.config, daemon.snapshot(), set(jobs_by_id(daemon)))
     [message] = logs("reload failed")
     assert f"reload failed, keeping the old config: {path}" in message
     assert "malformed YAML" in message
@@ -412,28 +475,26 @@ def test_reload_adds_removes_and_changes_accounts(server, clock, dirs, write, ma
     for name in ("a", "b"):
         store_token(dirs["state"], name, seeds[name], f"stored-{name}", expires_at=now + 1800, last_refresh=now - 1800)
     daemon = make_daemon(write(account_yaml("a", server, seeds["a"]), account_yaml("b", server, seeds["b"])))
-    for name in ("a", "b"):
-        daemon.start_account(name)
-    b_job = daemon.slots["b"].job
+    daemon.startup()
+    a_job, b_job = job_of(daemon, "a"), job_of(daemon, "b")
 
     write(account_yaml("a", server, seeds["a"], refresh_margin="10m"), account_yaml("c", server, seeds["c"]))
-    daemon.reload()
+    daemon.request_reload()
+    daemon.step()  # the reload, then the runs it made due: `a` (changed) and `c` (added)
 
-    assert ["a", "c"] == sorted(daemon.slots)
-    assert b_job not in jobs_by_id(daemon)
-    assert {daemon.slots["a"].job, daemon.slots["c"].job} == set(jobs_by_id(daemon))
-    assert (now, now) == (daemon.slots["a"].planned_at, daemon.slots["c"].planned_at)
-    assert 600 == daemon.config.margin_for(daemon.slots["a"].account)
+    assert ["a", "c"] == sorted(daemon.snapshot())
+    assert not {a_job, b_job} & set(jobs_by_id(daemon))
+    assert {job_of(daemon, "a"), job_of(daemon, "c")} == set(jobs_by_id(daemon))
+    assert 600 == daemon.config.margin_for(daemon.config.accounts["a"])
     assert (["b: removed from the config; no longer refreshed"], ["c: added"], ["a: changed; applying"]) == (
         logs("removed"),
         logs("added"),
         logs("changed"),
     )
-    daemon.run_account("a")  # the changed margin: 10 m before expiry, token still good so no request
-    assert 0 == server.token_requests
-    assert now + 1800 - 660 <= daemon.slots["a"].planned_at <= now + 1800 - 600
-    daemon.run_account("c")
-    assert 1 == server.refreshes_ok
+    # `a` ran with the changed margin: 10 m before expiry, its token still good so no request for it.
+    assert now + 1800 - 660 <= view(daemon, "a").planned_at <= now + 1800 - 600
+    assert ({"current": 1}, {"success": 1}) == (view(daemon, "a").runs, view(daemon, "c").runs)
+    assert (1, 1) == (server.token_requests, server.refreshes_ok)
     assert server.is_valid_access_token(token_in(dirs, "c").strip())
 
 
@@ -441,13 +502,13 @@ def test_reload_moving_the_token_dir_writes_the_files_there_without_a_request(se
     """A new token_dir gets the still-valid token on the account's next run; the server is not asked again."""
     seed = server.issue_refresh_token(DEMO_CLIENT_ID)
     daemon = make_daemon(write(account_yaml("a", server, seed)))
-    daemon.run_account("a")
+    daemon.startup()
+    daemon.step()
     token = token_in(dirs, "a")
 
     write(account_yaml("a", server, seed), token_dir=str(tmp_path / "moved"))
-    daemon.reload()
-    assert clock() == daemon.slots["a"].planned_at
-    daemon.run_account("a")
+    daemon.request_reload()
+    daemon.step()
 
     assert token == (tmp_path / "moved" / "a.token").read_text()
     assert 1 == server.token_requests
@@ -459,11 +520,12 @@ def test_reload_applies_new_http_timeouts(server, write, make_daemon):
     daemon = make_daemon(write(account_yaml("a", server, seed)))
     assert (10.0, 30.0) == (daemon.client.timeouts.connect, daemon.client.timeouts.read)
     write(account_yaml("a", server, seed), top="connect_timeout: 2\nread_timeout: 1.5\n")
-    daemon.reload()
+    daemon.request_reload()
+    daemon.step()
     assert (2.0, 1.5) == (daemon.client.timeouts.connect, daemon.client.timeouts.read)
 
 
-# ---------------------------------------------------------------- READY, signals' events
+# ---------------------------------------------------------------- READY, requests
 
 
 @pytest.fixture
@@ -490,15 +552,11 @@ def test_ready_waits_for_the_first_run_of_every_account_even_a_failing_one(serve
     seeds = {n: server.issue_refresh_token(DEMO_CLIENT_ID) for n in ("a", "b")}
     store_token(dirs["state"], "a", seeds["a"], "stored-a", expires_at=clock() + 1800, last_refresh=clock() - 1800)
     daemon = make_daemon(write(account_yaml("a", server, seeds["a"]), account_yaml("b", server, seeds["b"])), environ=environ)
-    daemon.start_account("a")
-    daemon.start_account("b")
-    daemon._check_ready()
+    daemon.startup()
     assert [] == _datagrams(sock)
 
     server.script(500, json={"error": "server_error"})
-    daemon.run_account("b")
-    daemon.events.put(("stop", "test"))
-    daemon._loop()
+    daemon.step()
 
     [ready] = _datagrams(sock)
     assert ready.startswith("READY=1\nSTATUS=2 account(s): 1 ok, 1 retrying; next refresh in ")
@@ -511,127 +569,131 @@ def test_ready_is_not_held_by_an_account_a_reload_removed(server, clock, dirs, w
     seeds = {n: server.issue_refresh_token(DEMO_CLIENT_ID) for n in ("a", "b")}
     store_token(dirs["state"], "a", seeds["a"], "stored-a", expires_at=clock() + 1800, last_refresh=clock() - 1800)
     daemon = make_daemon(write(account_yaml("a", server, seeds["a"]), account_yaml("b", server, seeds["b"])), environ=environ)
-    daemon.start_account("a")
-    daemon.start_account("b")
+    daemon.startup()
     write(account_yaml("a", server, seeds["a"]))
 
-    daemon.reload()
+    daemon.request_reload()
+    daemon.step()
 
     sent = _datagrams(sock)
     assert sent[0].startswith("RELOADING=1\nMONOTONIC_USEC=")
     assert not sent[1].startswith("READY=1")  # the reload's own status: READY must not come early
     assert sent[2].startswith("READY=1\nSTATUS=1 account(s): 1 ok")
     assert 3 == len(sent)
+    assert 0 == server.token_requests  # `b`'s run, due when it was removed, never happened
 
 
 def test_refresh_all_forces_every_account_now(server, clock, dirs, write, make_daemon):
-    """The SIGUSR1 event plans every account, a parked one included, for now and forces the refresh."""
+    """request_refresh_all (SIGUSR1) runs every account now, a parked one included, and forces the refresh of a valid token."""
     seeds = {n: server.issue_refresh_token(DEMO_CLIENT_ID) for n in ("a", "b")}
     daemon = make_daemon(write(account_yaml("a", server, seeds["a"]), account_yaml("b", server, seeds["b"])))
-    daemon.run_account("a")
     server.revoke_grant(seeds["b"])
-    daemon.run_account("b")
+    daemon.startup()
+    daemon.step()
+    assert (1, True) == (server.refreshes_ok, view(daemon, "b").needs_login)
     clock.advance(60)
-
-    daemon.events.put(("refresh-all", None))
-    daemon.events.put(("stop", "test"))
-    daemon._loop()
-
-    for name in ("a", "b"):
-        slot = daemon.slots[name]
-        assert (clock(), True, False) == (slot.planned_at, slot.force, slot.needs_login)
     token = token_in(dirs, "a")
-    daemon.run_account("a")  # forced although the token has 59 min left
-    assert token != token_in(dirs, "a")
+
+    daemon.request_refresh_all()
+    daemon.step()
+
+    assert token != token_in(dirs, "a")  # refreshed although the token had 59 min left
     assert 2 == server.refreshes_ok
+    assert 2 == view(daemon, "b").runs["invalid_grant"]  # the parked account got one more try
 
 
 # ---------------------------------------------------------------- clock jumps
 
 
-def test_backward_clock_jump_keeps_the_refresh_at_the_same_real_moment_and_forces_it(server, clock, dirs, write, make_daemon):
+def test_backward_clock_jump_keeps_the_refresh_at_the_same_real_moment_and_forces_it(server, clock, mono, dirs, write, make_daemon):
     """After the wall clock goes back 1 h, the plan moves back 1 h (the same real moment) and the run refreshes though expiry looks far."""
     seed = server.issue_refresh_token(DEMO_CLIENT_ID)
     now = clock()
     store_token(dirs["state"], "a", seed, "stored-token", expires_at=now + 1800, last_refresh=now - 1800)
     daemon = make_daemon(write(account_yaml("a", server, seed)))
-    daemon.start_account("a")
-    planned, due = daemon.slots["a"].planned_at, run_date(daemon, "a")
+    daemon.startup()
+    planned, due = view(daemon, "a").planned_at, run_date(daemon, "a")
 
     clock.advance(-HOUR)
-    daemon._check_clock(-HOUR)
+    daemon.beat()
 
-    slot = daemon.slots["a"]
-    assert (planned - HOUR, True) == (slot.planned_at, slot.force)
+    assert planned - HOUR == view(daemon, "a").planned_at
     assert abs(run_date(daemon, "a") - due) < 0.5
-    daemon.run_account("a")  # by the stepped-back clock the stored token has 1 h 30 min left
+    advance(clock, mono, planned - HOUR - clock())
+    daemon.step()  # by the stepped-back clock the stored token has 1 h 30 min left: only a forced run refreshes it
     assert 1 == server.refreshes_ok
     assert "stored-token\n" != token_in(dirs, "a")
 
 
 def test_forward_clock_jump_makes_the_passed_refresh_due_now(server, clock, dirs, write, make_daemon):
-    """After the wall clock jumps past a planned refresh, its job is due at once for the scheduler (not forced)."""
+    """After the wall clock jumps past a planned refresh, its job is due at once for the scheduler."""
     seed = server.issue_refresh_token(DEMO_CLIENT_ID)
     now = clock()
     store_token(dirs["state"], "a", seed, "stored-token", expires_at=now + 1800, last_refresh=now - 1800)
     daemon = make_daemon(write(account_yaml("a", server, seed)))
-    daemon.start_account("a")
-    planned = daemon.slots["a"].planned_at
+    daemon.startup()
+    planned = view(daemon, "a").planned_at
 
     clock.advance(planned - now + 120)
-    daemon._check_clock(planned - now + 120)
+    daemon.beat()
 
-    slot = daemon.slots["a"]
-    assert (planned, False) == (slot.planned_at, slot.force)
+    assert planned == view(daemon, "a").planned_at
     assert run_date(daemon, "a") <= time.time() - 119
 
 
-def test_small_drift_is_not_a_jump(server, clock, dirs, write, make_daemon):
+def test_small_drift_is_not_a_jump(server, clock, write, make_daemon):
     """A drift under 10 s between wall and monotonic clocks changes no schedule."""
     seed = server.issue_refresh_token(DEMO_CLIENT_ID)
     daemon = make_daemon(write(account_yaml("a", server, seed)))
-    daemon.run_account("a")
-    job = daemon.slots["a"].job
-    daemon._check_clock(9.5)
-    daemon._check_clock(-9.5)
-    assert (job, False) == (daemon.slots["a"].job, daemon.slots["a"].force)
+    daemon.startup()
+    daemon.step()
+    job = job_of(daemon, "a")
+    clock.advance(9.5)
+    daemon.beat()
+    clock.advance(-9.5)
+    daemon.beat()
+    assert job == job_of(daemon, "a")
 
 
 @pytest.mark.slow
-def test_forward_wall_clock_jump_runs_the_due_refresh_within_one_heartbeat(server, clock, write, make_daemon):
+def test_forward_wall_clock_jump_runs_the_due_refresh_within_one_heartbeat(server, clock, write, own_signals):
     """With a real scheduler and a 0.2 s heartbeat, a 55 min wall-clock jump gets the now-due refresh sent within one heartbeat."""
     seed = server.issue_refresh_token(DEMO_CLIENT_ID)
-    daemon = make_daemon(write(account_yaml("a", server, seed)), monotonic=time.monotonic, heartbeat=0.2, running=True)
-    daemon.start_account("a")
-    loop = threading.Thread(target=daemon._loop, name="test-loop")
-    loop.start()
-    try:
-        assert server.wait_until(lambda s: s.refreshes_ok == 1, 5)
-        assert not server.wait_until(lambda s: s.refreshes_ok > 1, 0.6)  # three heartbeats: nothing is due
+    path = write(account_yaml("a", server, seed))
+    daemon = Daemon(config_module.load(path, {}), clock=clock, rng=seeded(0), environ={}, heartbeat=0.2)
+    seen: dict[str, object] = {}
+
+    def jump() -> bool:
+        seen["first"] = server.wait_until(lambda s: s.refreshes_ok == 1, 5)
+        seen["quiet"] = not server.wait_until(lambda s: s.refreshes_ok > 1, 0.6)  # three heartbeats: nothing is due
         clock.advance(55 * 60)  # the token (1 h) now has 5 min left, inside its 6 min margin
         jumped = time.monotonic()
-        assert server.wait_until(lambda s: s.refreshes_ok == 2, 5)
-        took = time.monotonic() - jumped
+        seen["second"] = server.wait_until(lambda s: s.refreshes_ok == 2, 5)
+        seen["took"] = time.monotonic() - jumped
+        return True
+
+    try:
+        assert (0, True) == run_until(daemon, jump, timeout=15)
     finally:
-        daemon.events.put(("stop", "test"))
-        loop.join(5)
-    assert took <= 0.2 + 0.5  # one heartbeat, plus the refresh itself on a busy machine
-    assert not loop.is_alive()
+        daemon.client.session.close()
+    assert (True, True, True) == (seen["first"], seen["quiet"], seen["second"])
+    assert seen["took"] <= 0.2 + 0.5  # type: ignore[operator]  # one heartbeat, plus the refresh itself on a busy machine
 
 
 # ---------------------------------------------------------------- refresh-token expiry warnings
 
 
-def test_refresh_token_expiry_is_warned_of_once_a_day_from_14_days_before(server, clock, dirs, write, make_daemon, logs):
+def test_refresh_token_expiry_is_warned_of_once_a_day_from_14_days_before(server, clock, mono, dirs, write, make_daemon, logs):
     """A refresh token with 20 days left warns nothing; from 14 days left, one warning a day, not one a beat."""
     seed = server.issue_refresh_token(DEMO_CLIENT_ID)
     daemon = make_daemon(write(account_yaml("a", server, seed, refresh_token_lifetime="20d")))
-    daemon.run_account("a")
-    assert abs(daemon.slots["a"].refresh_token_expires_at - (clock() + 20 * DAY)) < 1
+    daemon.startup()
+    daemon.step()
+    assert abs(view(daemon, "a").refresh_token_expires_at - (clock() + 20 * DAY)) < 1
 
     counts = []
     for _ in range(10 * 48):  # ten days of beats every 30 min
-        clock.advance(1800)
+        advance(clock, mono, 1800)
         daemon.beat()
         counts.append(len(logs("the refresh token expires in")))
     assert 0 == counts[6 * 48 - 2]  # 6 days in: 14 days + 1 h left
@@ -651,10 +713,10 @@ def test_a_slow_hook_never_delays_the_run_or_other_accounts(server, clock, dirs,
     seeds = {n: server.issue_refresh_token(DEMO_CLIENT_ID) for n in ("a", "b")}
     hook = f'["/bin/sh", "-c", "sleep 1; echo $FRESHTOKEN_ACCOUNT > {tmp_path}/hook.out"]'
     daemon = make_daemon(write(account_yaml("a", server, seeds["a"], on_refresh=hook), account_yaml("b", server, seeds["b"])))
+    daemon.startup()
 
     started = time.monotonic()
-    daemon.run_account("a")
-    daemon.run_account("b")
+    daemon.step()  # runs `a`, then `b`
     took = time.monotonic() - started
 
     assert took < 0.5
@@ -664,6 +726,46 @@ def test_a_slow_hook_never_delays_the_run_or_other_accounts(server, clock, dirs,
     assert "a\n" == (tmp_path / "hook.out").read_text()
     assert 2 == server.refreshes_ok
     assert os.path.exists(dirs["tokens"] / "b.token")
+
+
+# ---------------------------------------------------------------- single flight and absurd plans
+
+
+def test_an_account_never_runs_twice_at_once_even_when_re_planned_while_running(server, clock, write, make_daemon):
+    """Three re-plans while a slow run is in flight (SIGUSR1 twice, a reload) start no second run beside it; one follows it."""
+    seed = server.issue_refresh_token(DEMO_CLIENT_ID)
+    path = write(account_yaml("a", server, seed))
+    daemon = make_daemon(path, running=True)
+    server.script(503, json={"error": "temporarily_unavailable"}, delay=0.5)
+    daemon.startup()
+    assert server.wait_until(lambda s: s.token_requests == 1, 5)
+    daemon.request_refresh_all()
+    daemon.request_refresh_all()
+    write(account_yaml("a", server, seed, refresh_margin="10m"))
+    daemon.request_reload()
+    daemon.step()
+    assert 1 == server.token_requests  # still only the one in flight
+
+    assert until(lambda: daemon.step() and view(daemon, "a").status == "ok")
+    assert (2, 1) == (server.token_requests, server.refreshes_ok)  # one run after it, forced, not three
+    assert 1 == len(jobs_by_id(daemon))
+
+
+def test_an_absurd_plan_is_bounded() -> None:
+    """A plan from an absurd expiry lies at most MAX_PLAN (366 d) ahead; a non-number (inf, NaN) means now."""
+    now = 1_800_000_000.0
+    assert (now + MAX_PLAN, now, now, now + 5) == tuple(bounded(at, now=now) for at in (1e300, float("inf"), float("nan"), now + 5))
+
+
+def test_a_token_valid_for_ten_years_is_planned_a_year_ahead_at_most(server, clock, dirs, write, make_daemon):
+    """A stored token 10 years from expiry gets its refresh planned MAX_PLAN ahead, which the scheduler takes; summary() reads it."""
+    seed = server.issue_refresh_token(DEMO_CLIENT_ID)
+    store_token(dirs["state"], "a", seed, "stored", expires_at=clock() + 3650 * DAY, last_refresh=clock() - 60)
+    daemon = make_daemon(write(account_yaml("a", server, seed)))
+    daemon.startup()
+    assert clock() + MAX_PLAN == view(daemon, "a").planned_at
+    assert abs(run_date(daemon, "a") - (time.time() + MAX_PLAN)) < 5
+    assert daemon.summary().startswith("1 account(s): 1 ok; next refresh in 366d")
 
 
 @pytest.mark.parametrize("left", [4.0, 20.0, 120.0])

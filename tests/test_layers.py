@@ -71,3 +71,23 @@ def test_get_config_scanner_knows_every_top_level_key() -> None:
     from freshtoken import config, reader
 
     assert reader.TOP_KEYS == frozenset(config.TOP_KEYS)
+
+
+def test_the_exception_tree_drawn_in_errors_is_the_real_one() -> None:
+    """errors.py's docstring draws every FreshtokenError class once, each with its real parent, exit code, outcome and retryable."""
+    from freshtoken import errors
+
+    drawn = {}
+    parents: list[str] = []
+    for line in (errors.__doc__ or "").splitlines():
+        words = line.replace("├──", " ").replace("└──", " ").replace("│", " ").split()
+        if not words or not hasattr(errors, words[0]):
+            continue
+        depth = (len(line) - len(line.lstrip(" │├└─"))) // 4 - 1  # the docstring's own indent is 4
+        parents[depth:] = [words[0]]
+        drawn[words[0]] = (parents[depth - 1] if depth else None, int(words[1]), words[2], words[3] == "yes")
+    classes = {c.__name__: c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.FreshtokenError)}
+    assert set(drawn) == set(classes)
+    for name, cls in classes.items():
+        parent = cls.__base__.__name__ if cls is not errors.FreshtokenError else None
+        assert drawn[name] == (parent, cls.exit_code, cls.outcome, cls.retryable), name

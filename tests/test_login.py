@@ -605,8 +605,9 @@ def test_running_daemon_picks_up_a_new_login(demo_config, auth_server, dirs):
     daemon = Daemon(config, environ={})
     daemon.scheduler.start(paused=True)
     try:
-        daemon.run_account("demo")
-        assert daemon.slots["demo"].needs_login and state_file(dirs)["needs_login"] is True
+        daemon.startup()
+        daemon.step()
+        assert daemon.snapshot()["demo"].needs_login and state_file(dirs)["needs_login"] is True
         before = daemon.store.mtime("demo")
 
         done = run_login(demo_config, "demo", drive=follow)
@@ -616,8 +617,8 @@ def test_running_daemon_picks_up_a_new_login(demo_config, auth_server, dirs):
         assert daemon.store.mtime("demo") != before
 
         daemon.beat()
-        assert daemon.slots["demo"].needs_login is False
-        assert daemon.slots["demo"].job is not None  # scheduled again
+        assert daemon.snapshot()["demo"].needs_login is False
+        assert daemon.snapshot()["demo"].planned_at is not None  # scheduled again
     finally:
         daemon.scheduler.shutdown(wait=False)
         daemon.client.session.close()

@@ -1,4 +1,4 @@
-"""The Prometheus endpoint: real daemon slots, real HTTP scrapes, parsed with prometheus_client's own parser."""
+"""The Prometheus endpoint: a real daemon's snapshot, real HTTP scrapes, parsed with prometheus_client's own parser."""
 
 from __future__ import annotations
 
@@ -13,11 +13,15 @@ import requests
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
+import test_daemon
 from fakes import FakeClock
 from freshtoken.config import load
 from freshtoken.daemon import Daemon
 from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from freshtoken.metrics import MetricsServer, serve
+from test_daemon import run_until
+
+own_signals = test_daemon.own_signals  # a fixture: Daemon.run installs signal handlers
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -67,7 +71,7 @@ def make_daemon(write_config: Callable[..., Path], auth_server: AuthServer, cloc
 
 @pytest.fixture
 def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
-    """A daemon whose metrics endpoint is up (scheduler not started: tests call run_account themselves)."""
+    """A daemon whose metrics endpoint is up (scheduler not started: tests run it with startup() and step())."""
     daemon = make_daemon()
     assert daemon.config.metrics_listen is not None
     daemon.metrics = serve(daemon, daemon.config.metrics_listen, poll_interval=0.05)
@@ -97,7 +101,8 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 def test_scrape_after_a_refresh_reports_expiry_counts_and_schedule(daemon: Daemon) -> None:
     """After one successful run the scrape shows a 3600 s token, one success, no failures and the next refresh planned."""
-    daemon.run_account("demo")
+    daemon.startup()
+    daemon.step()
     _, samples = scrape(daemon)
     assert value(samples, "freshtoken_up") == 1
     assert value(samples, "freshtoken_accounts") == 1
@@ -116,7 +121,8 @@ def test_scrape_after_a_refresh_reports_expiry_counts_and_schedule(daemon: Daemo
 
 def test_figures_are_computed_at_scrape_time_from_the_clock(daemon: Daemon, clock: FakeClock) -> None:
     """Moving the injected clock 100 s moves every 'in seconds' figure by 100 s without another run."""
-    daemon.run_account("demo")
+    daemon.startup()
+    daemon.step()
     _, before = scrape(daemon)
     clock.advance(100)
     _, after = scrape(daemon)
@@ -136,10 +142,11 @@ def test_before_the_first_run_only_counters_and_flags_are_shown(daemon: Daemon) 
 
 def test_invalid_grant_sets_needs_login_and_counts_the_failure(daemon: Daemon, auth_server: AuthServer, clock: FakeClock) -> None:
     """A refused refresh token shows needs_login 1, one consecutive failure, one invalid_grant and no planned refresh."""
-    daemon.run_account("demo")
+    daemon.startup()
+    daemon.step()
     clock.advance(3300)  # inside the margin: the next run really refreshes
     auth_server.script(400, json={"error": "invalid_grant", "error_description": "Refresh token revoked"})
-    daemon.run_account("demo")
+    daemon.step()
     _, samples = scrape(daemon)
     assert value(samples, "freshtoken_needs_login", account="demo") == 1
     assert value(samples, "freshtoken_consecutive_failures", account="demo") == 1
@@ -153,7 +160,8 @@ def test_scrape_contains_no_secret_and_only_account_labels(daemon: Daemon, auth_
     """Neither the client secret nor any refresh or access token appears in the body; labels are account/outcome only."""
     seed = daemon.config.accounts["demo"].refresh_token
     assert seed is not None
-    daemon.run_account("demo")
+    daemon.startup()
+    daemon.step()
     state = daemon.store.load("demo")
     assert state.refresh_token is not None and state.access is not None
     secrets = {
@@ -176,7 +184,8 @@ def test_refresh_token_expiry_and_expiring_soon(make_daemon: Callable[..., Daemo
     daemon = make_daemon(f"refresh_token_lifetime: {lifetime}")
     assert daemon.config.metrics_listen is not None
     daemon.metrics = serve(daemon, daemon.config.metrics_listen, poll_interval=0.05)
-    daemon.run_account("demo")
+    daemon.startup()
+    daemon.step()
     _, samples = scrape(daemon)
     assert value(samples, "freshtoken_refresh_token_expires_in_seconds", account="demo") == expires_in
     assert value(samples, "freshtoken_refresh_token_expiring_soon", account="demo") == soon
@@ -186,13 +195,14 @@ def test_healthz_is_503_until_ready_then_200_then_503_while_stopping(daemon: Dae
     """/healthz answers 503 "starting" before the start-up pass, 200 "ok" after it, 503 "stopping" at shutdown."""
     reply = requests.get(url(daemon, "/healthz"), timeout=5)
     assert (reply.status_code, reply.text) == (503, "starting\n")
-    daemon.run_account("demo")
-    daemon._check_ready()  # what run() does once the start-up pass is over
+    daemon.startup()
+    daemon.step()  # the first run: the start-up pass is over
     assert daemon.ready
     reply = requests.get(url(daemon, "/healthz"), timeout=5)
     assert (reply.status_code, reply.text) == (200, "ok\n")
     assert requests.head(url(daemon, "/healthz"), timeout=5).status_code == 200
-    daemon._stopping.set()
+    daemon.request_stop("test")
+    assert not daemon.step()
     reply = requests.get(url(daemon, "/healthz"), timeout=5)
     assert (reply.status_code, reply.text) == (503, "stopping\n")
 
@@ -231,13 +241,18 @@ def test_shutdown_frees_the_port_and_may_be_repeated(daemon: Daemon) -> None:
         sock.bind(daemon.config.metrics_listen)
 
 
-def test_daemon_starts_the_endpoint_from_metrics_listen(make_daemon: Callable[..., Daemon]) -> None:
-    """The daemon's own start-up hook serves /metrics on the configured address and its shutdown stops it."""
+def test_daemon_starts_the_endpoint_from_metrics_listen(make_daemon: Callable[..., Daemon], own_signals: None) -> None:
+    """run() serves /metrics on the configured address while it runs, and no longer once it has stopped."""
     daemon = make_daemon()
-    daemon._start_metrics()
+    up: list[float | None] = []
+
+    def scraped() -> bool:
+        if daemon.ready:
+            up.append(value(scrape(daemon)[1], "freshtoken_up"))
+        return bool(up)
+
+    assert (0, True) == run_until(daemon, scraped)
     assert isinstance(daemon.metrics, MetricsServer)
-    _, samples = scrape(daemon)
-    assert value(samples, "freshtoken_up") == 1
-    daemon.metrics.shutdown()
+    assert [1] == up
     with pytest.raises(requests.ConnectionError):
         requests.get(url(daemon, "/metrics"), timeout=5)

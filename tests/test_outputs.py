@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from freshtoken.config import Account, Output
 from freshtoken.errors import AlreadyRunning, TemporaryError
-from freshtoken.formats import UnsafeToken, as_json, check_token, render
+from freshtoken.formats import UnsafeToken, check_token, render
 from freshtoken.fsutil import (
     TEMP_MARK,
     atomic_write,
@@ -113,7 +113,7 @@ def test_render_json_has_exactly_the_spec_keys() -> None:
 def test_render_json_without_scope_has_null() -> None:
     """A token without a scope still has the key, as null."""
     token = AccessToken(Secret("t"), "Bearer", 0, None)
-    assert as_json(token, "a") == {
+    assert json.loads(render("json", token, "a")) == {
         "access_token": "t",
         "token_type": "Bearer",
         "expires_at": 0,

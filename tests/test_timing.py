@@ -13,7 +13,6 @@ from freshtoken.timing import (
     backoff,
     default_margin,
     effective_margin,
-    is_due,
     parse_retry_after,
     refresh_at,
     retry_after_capped,
@@ -213,8 +212,7 @@ def test_retry_after_capped_at_an_hour() -> None:
         (1, 0, "fresh"),
     ],
 )
-def test_token_state_and_is_due(expires_in: float | None, margin: float, state: str) -> None:
-    """missing / expired / stale (inside the margin) / fresh, and is_due is true exactly when not fresh."""
+def test_token_state(expires_in: float | None, margin: float, state: str) -> None:
+    """missing / expired / stale (inside the margin) / fresh."""
     expires_at = None if expires_in is None else NOW + expires_in
     assert token_state(expires_at, margin, now=NOW) == state
-    assert is_due(expires_at, margin, now=NOW) == (state != "fresh")

@@ -1,18 +1,30 @@
 """`freshtoken run`: the refresh schedule. The only module that imports apscheduler.
 
-The main thread is a control loop fed by a queue: signal handlers only put
-words on it, refresh jobs report back through it, a thread blocked on the wake
-socket reports logins done meanwhile, and a heartbeat (at most 30 s) wakes the
-scheduler and pings the watchdog. APScheduler's pool runs the refreshes;
-`plan_next` decides what comes next. Whatever one account's data does, the
-error stays with that account: the daemon and the other accounts go on.
+One thread owns the schedule: the main loop (`run()`, or `step()` in-process).
+It takes words from a queue -- signal handlers and the `request_*` methods
+only put them there, and a thread blocked on the wake socket puts "rescan"
+when `login` changed a state -- and it is the only writer of each account's
+scheduling state. APScheduler's background thread only keeps time; when an
+account's date job falls due, a pool thread runs the refresh transaction
+(refresh.py) and puts a report (the job, the new state or the error) on the
+same queue. The loop then asks `timing.plan_next` what comes next, books the
+outcome and adds the account's next job. Readers on other threads (metrics,
+READY's status line) see `snapshot()`: one frozen AccountView per account,
+replaced whole by the loop, never changed in place.
+
+Each account has at most one job at a time, pending or running, so it never
+runs twice at once. A newer plan (a reload, a new login, SIGUSR1, a clock
+jump) replaces a pending job at once; if the job is already running, the new
+plan waits for its report and wins over the plan that run would have made.
+A heartbeat (at most 30 s) notices wall-clock jumps, wakes the scheduler,
+pings the watchdog and re-reads parked accounts. Whatever one account's data
+does, the error stays with that account: the daemon and the others go on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import queue
 import random
@@ -21,121 +33,106 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.executors.pool import BasePoolExecutor
 from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from freshtoken import systemd
 from freshtoken.config import Account, Config
 from freshtoken.durations import humanize
-from freshtoken.errors import ConfigError, FreshtokenError, InvalidGrant, RefreshFailed, RotatedTokenNotSaved, TemporaryError
+from freshtoken.errors import ConfigError, FreshtokenError, RefreshFailed, TemporaryError
 from freshtoken.fsutil import clean_stale_temps
 from freshtoken.hooks import run_hook
 from freshtoken.model import AccountState
 from freshtoken.oauth import Timeouts, TokenClient, make_session
-from freshtoken.outputs import OutputError
 from freshtoken.pacing import PacedTokenClient
-from freshtoken.refresh import Refresher, lifetime
+from freshtoken.refresh import Refresher
+from freshtoken.status import HEARTBEAT_FILE
 from freshtoken.store import WAKE_SOCKET, Store
-from freshtoken.timing import backoff, effective_margin, refresh_at
+from freshtoken.timing import PERMANENT_BASE, REFRESH_TOKEN_WARN_EVERY, Plan, bounded, expiring_soon, plan_next
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT = 30.0  # APScheduler sleeps on CLOCK_MONOTONIC, which stops in suspend: wake it at least this often
 CLOCK_JUMP = 10.0  # wall clock moved this much more (or less) than the monotonic clock: a jump
-WARN_RT_BEFORE = 14 * 86400
 STOP_GRACE = 2.0  # seconds an in-flight refresh may take to finish after SIGTERM (a stop must not wait out a read timeout)
-PERMANENT_BASE = 30.0  # first retry after a permanent refusal: a user has to fix something; do not hammer the provider
-MIN_RETRY = 1.0  # the shortest cap on a retry while the current token still lives
-HEARTBEAT_FILE = "daemon.heartbeat"  # status.HEARTBEAT_FILE: touched at start and at every heartbeat
-MAX_PLAN = 366 * 86400.0  # no plan lies further ahead: an absurd stored expiry must not overflow the scheduler's datetime
 
 
-# ---------------------------------------------------------------- pure policy
+# ---------------------------------------------------------------- what crosses threads: all frozen
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
-    """What to do after one run: refresh again at `at`, or park the account (at None)."""
+class AccountView:
+    """One account as the loop last published it (metrics, READY's status line and tests read these).
 
-    at: float | None
-    attempts: int
-    reason: str
-
-
-def plan_next(
-    outcome: BaseException | AccountState,
-    *,
-    attempts: int,
-    margin_config: float | None,
-    now: float,
-    rng: random.Random,
-    backoff_cap: float,
-    token_expires_at: float | None = None,
-    min_interval: float = 0.0,
-) -> Plan:
-    """The next step for an account after a run that ended in `outcome` (a state, or the error).
-
-    `token_expires_at` is when the token the readers have now dies: a retry after a
-    temporary failure never waits past half of what it has left, so that two or
-    three tries still fit before it expires (a server's Retry-After stays a floor).
-    `min_interval` is the floor between two refreshes: however short-lived the
-    tokens a server hands out, freshtoken never becomes its load generator.
+    `status` is "pending" (no run yet), "ok", "retrying" or "needs-login"; `runs` counts runs by
+    outcome (success, current, and the `outcome` of each error class); `planned_at` is None while
+    the account waits for a login.
     """
-    if isinstance(outcome, AccountState):
-        access = outcome.access
-        if access is None:  # cannot happen after a success; be safe and retry
-            return Plan(now + backoff(1, rng=rng, cap=backoff_cap), 1, "no token")
-        margin = effective_margin(margin_config, lifetime(outcome))
-        last = now if outcome.last_refresh is None else min(outcome.last_refresh, now)
-        return Plan(max(refresh_at(access.expires_at, margin, now=now, rng=rng), last + min_interval), 0, "scheduled")
-    if isinstance(outcome, InvalidGrant):
-        return Plan(None, attempts, "needs login")
-    # A new refresh token that could not be saved is held in memory by the Refresher, which
-    # retries the save on the next run: as urgent as a network error, not a user's mistake.
-    if isinstance(outcome, TemporaryError | RotatedTokenNotSaved):
-        n = attempts + 1
-        cap = backoff_cap
-        if token_expires_at is not None and token_expires_at > now:
-            cap = min(cap, max(MIN_RETRY, (token_expires_at - now) / 2))
-        retry_after = outcome.retry_after if isinstance(outcome, TemporaryError) else None
-        return Plan(now + backoff(n, rng=rng, cap=cap, retry_after=retry_after), n, "retry")
-    # Permanent refusals (invalid_client, a broken output) may be fixed by the user at any
-    # moment: keep trying, but slowly.
-    n = attempts + 1
-    return Plan(now + backoff(n, rng=rng, cap=backoff_cap, base=PERMANENT_BASE), n, "retry")
 
-
-# ---------------------------------------------------------------- per-account bookkeeping
-
-
-@dataclass
-class Slot:
-    """The daemon's view of one account. `job` is the id of the only job allowed to run it."""
-
-    account: Account
-    job: str | None = None
+    name: str
+    status: str = "pending"
     planned_at: float | None = None
     attempts: int = 0
     consecutive_failures: int = 0
     needs_login: bool = False
-    force: bool = False
-    state_mtime: float | None = None
     last_error: str | None = None
-    last_outcome: str = "pending"
     expires_at: float | None = None
     refresh_token_expires_at: float | None = None
+    runs: Mapping[str, int] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One run of one account, with all it needs: a pool thread reads nothing the loop writes."""
+
+    id: str
+    account: Account
+    force: bool  # refresh even if the token still looks valid (SIGUSR1, a backward clock jump, an unusable stored token)
+    expires_at: float | None  # the readers' current token: another account's 429 must not make it expire
+
+
+@dataclass(frozen=True, slots=True)
+class _Report:
+    """What a run tells the loop: its job, the new state or the error, and the state file's mtime after it."""
+
+    job: _Job
+    outcome: AccountState | FreshtokenError
+    refreshed: bool  # False: an error, or the token was still valid and only written out
+    state_mtime: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Later:
+    """A plan made while the account's job was running: applied when its report comes, over that run's plan."""
+
+    at: float
+    force: bool
+
+
+# ---------------------------------------------------------------- the loop's own bookkeeping (its thread only)
+
+
+@dataclass
+class _Track:
+    account: Account
+    view: AccountView
+    job: _Job | None = None  # the account's only job, pending in the scheduler or running
+    later: _Later | None = None
+    state_mtime: float | None = None
     rt_warned_at: float = 0.0
-    outcomes: dict[str, int] = field(default_factory=dict)
-    run_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Daemon:
+    """The refresh daemon for one config; see the module's docstring. Injected: clocks, randomness, environment, HTTP client."""
+
     def __init__(
         self,
         config: Config,
@@ -154,28 +151,34 @@ class Daemon:
         self.monotonic = monotonic
         self.rng = rng or random.Random()
         self.environ = environ
-        self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.store = Store(config.state_dir)
         self.client = client or PacedTokenClient(
             make_session(pool_size=config.workers), Timeouts(config.connect_timeout, config.read_timeout), clock
         )
         self.refresher = Refresher(config, self.store, self.client, clock=clock, hook_runner=self._run_hook_detached)
-        self.slots: dict[str, Slot] = {name: Slot(account) for name, account in config.accounts.items()}
         self.heartbeat = min(heartbeat, systemd.watchdog_interval(environ) or heartbeat)
         self.scheduler = BackgroundScheduler(
             timezone=timezone.utc,
-            executors={"default": ThreadPoolExecutor(config.workers)},
+            executors={"default": _DaemonThreadExecutor(config.workers)},
             # misfire_grace_time=None: APScheduler's default of 1 s silently drops a late refresh.
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
         )
-        self._sched_lock = threading.Lock()
+        self.metrics: Any = None
+        self._events: queue.SimpleQueue[tuple[str, str] | _Report] = queue.SimpleQueue()
+        self._tracks: dict[str, _Track] = {}
+        self._leaving: dict[str, _Track] = {}  # removed by a reload while their job ran: kept until it reports
+        self._views: dict[str, AccountView] = {}
+        for name, account in config.accounts.items():
+            self._add_track(_Track(account, AccountView(name)))
         self._seq = 0
         self._startup_pending: set[str] = set()
         self._ready = False
         self._stopping = threading.Event()
-        self.metrics: Any = None
+        self._clocks = (clock(), monotonic())  # wall and monotonic at the last beat: their drift is a clock jump
         self._wake: socket.socket | None = None
         self._wake_thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ what other threads may call
 
     @property
     def ready(self) -> bool:
@@ -186,129 +189,189 @@ class Daemon:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
-    # ------------------------------------------------------------ scheduling
+    def snapshot(self) -> dict[str, AccountView]:
+        """Each account's view as the loop last published it.
 
-    def schedule(self, name: str, at: float, *, force: bool = False) -> None:
-        """Make the account's only job run at `at` (epoch seconds); replaces any pending job."""
-        now = self.clock()
-        # A plan from an absurd stored expiry (1e300, inf, NaN) must not overflow datetime below.
-        at = min(at, now + MAX_PLAN) if math.isfinite(at) else now
-        with self._sched_lock:
-            slot = self.slots.get(name)
-            if slot is None:
+        The loop replaces a view whole, by one dict assignment; the copy is made without
+        running Python code (str keys), so under the GIL it never sees a dict mid-change.
+        """
+        return dict(self._views)
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after the current event (what SIGTERM and SIGINT do). Like every request_*, it only enqueues: signal-safe."""
+        self._events.put(("stop", reason))
+
+    def request_reload(self) -> None:
+        """Re-read the config (SIGHUP); a config that does not load leaves everything as it was."""
+        self._events.put(("reload", ""))
+
+    def request_rescan(self) -> None:
+        """Re-read each state file that changed on disk (what a `login` wakes us for)."""
+        self._events.put(("rescan", ""))
+
+    def request_refresh_all(self) -> None:
+        """Refresh every account now, a parked one included, even if its token looks valid (SIGUSR1)."""
+        self._events.put(("refresh-all", ""))
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self) -> int:
+        """The daemon, on this (the main) thread, until a stop is requested; returns the exit code."""
+        with self.store.daemon_lock(self.config.token_dir):
+            # A kill mid-write leaves temp files beside the outputs too (the store sweeps the state dir).
+            for directory in {self.config.token_dir, *(o.path.parent for a in self.config.accounts.values() for o in a.outputs)}:
+                clean_stale_temps(directory)
+            self._install_signals()
+            self.scheduler.start()
+            try:
+                self._open_wake_socket()
+                self._start_metrics()
+                self.startup()
+                self.touch_heartbeat()
+                self._serve()
+            finally:
+                systemd.notify({"STOPPING": 1, "STATUS": "stopping"}, environ=self.environ)
+                self.close()
+        log.info("stopped")
+        return 0
+
+    def startup(self) -> None:
+        """The start-up pass: write each still-valid stored token at once and plan its refresh; run the others now.
+
+        READY=1 is sent once every account's first run has reported (at once if none had to run).
+        """
+        for track in list(self._tracks.values()):
+            self._start_account(track)
+        self._check_ready()
+
+    def _serve(self) -> None:
+        next_beat = self.monotonic() + self.heartbeat
+        while True:
+            try:
+                event: tuple[str, str] | _Report | None = self._events.get(timeout=max(0.0, next_beat - self.monotonic()))
+            except queue.Empty:
+                event = None
+            if event is not None and not self._handle(event):
                 return
-            if slot.job:
-                with contextlib.suppress(JobLookupError):
-                    self.scheduler.remove_job(slot.job)
-            self._seq += 1
-            # A fresh id per run: APScheduler refuses to start a job whose id is still running,
-            # and a date job re-added from inside its own run would be dropped (max_instances).
-            job_id = f"{name}#{self._seq}"
-            slot.job, slot.planned_at = job_id, at
-            slot.force = slot.force or force
-            # APScheduler reads the real wall clock; hand it the same distance from now that
-            # `at` has on our clock (identical in production, where our clock is time.time).
-            run_date = datetime.fromtimestamp(time.time() + (at - now), timezone.utc)
-            self.scheduler.add_job(self.run_account, "date", run_date=run_date, id=job_id, args=[name, job_id])
+            if event is None or self.monotonic() >= next_beat:
+                next_beat = self.monotonic() + self.heartbeat
+                try:
+                    self.beat()
+                except Exception as exc:  # the last line of defence: whatever slipped through, the loop goes on
+                    log.error("%s", internal_error("daemon", "in the heartbeat", exc))
 
-    def park(self, name: str) -> None:
-        with self._sched_lock:
-            slot = self.slots.get(name)
-            if slot and slot.job:
-                with contextlib.suppress(JobLookupError):
-                    self.scheduler.remove_job(slot.job)
-                slot.job, slot.planned_at = None, None
+    def step(self) -> bool:
+        """One turn of the loop that never waits, for in-process use (tests, tools); False once a stop was requested.
 
-    def run_account(self, name: str, job_id: str | None = None) -> Plan | None:
-        """One run for one account (called by the scheduler's pool, or directly by tests)."""
-        slot = self.slots.get(name)
-        if slot is None:
-            return None
-        with slot.run_lock:  # never two runs of one account at once
-            with self._sched_lock:
-                if job_id is not None and slot.job != job_id:
-                    return None  # superseded by a newer schedule
-                force, slot.force = slot.force, False
-            account = slot.account
-            outcome: BaseException | AccountState
+        Handles every request and report queued, then runs each account whose job is due by
+        the daemon's clock, here on this thread, once each, and applies what it reports. Meant
+        for a daemon whose scheduler is paused or not started; with a running one, whichever
+        takes a due job first runs it, and it runs once. Call it (and beat()) from one thread only.
+        """
+        while True:
             try:
-                threshold = None if force else self.refresher.scheduled_threshold
-                with self._token_expiry(slot.expires_at):
-                    result = self.refresher.refresh(account, skip_if_valid_for=threshold)
-                outcome = result.state
-                self._count(slot, "success" if result.refreshed else "current")
-            except FreshtokenError as exc:
-                outcome = exc
-            except Exception as exc:  # a bug, or stored data the code cannot use, must not kill this account's schedule
-                outcome = RefreshFailed(internal_error(name, "refreshing", exc))
-            try:
-                plan = self._after_run(slot, outcome)
-            except Exception as exc:
-                log.error("%s: %s; retry in %s", name, internal_error(name, "planning the next run", exc), humanize(PERMANENT_BASE))
-                plan = Plan(self.clock() + PERMANENT_BASE, slot.attempts, "retry")
-            with self._sched_lock:
-                superseded = job_id is not None and slot.job != job_id
-            # A newer schedule (a reload, a new login, SIGUSR1) wins over this run's plan,
-            # a parking one included: it would drop the job that picks up the new login.
-            if not superseded:
-                if plan.at is not None:
-                    self.schedule(name, plan.at)
-                else:
-                    self.park(name)
-        self.events.put(("ran", name))
-        return plan
-
-    def _after_run(self, slot: Slot, outcome: BaseException | AccountState) -> Plan:
-        name = slot.account.name
+                event = self._events.get_nowait()
+            except queue.Empty:
+                break
+            if not self._handle(event):
+                return False
         now = self.clock()
-        plan = plan_next(
-            outcome,
-            attempts=slot.attempts,
-            margin_config=self.config.margin_for(slot.account),
-            now=now,
-            rng=self.rng,
-            backoff_cap=self.config.backoff_max,
-            token_expires_at=slot.expires_at,
-            min_interval=self.config.min_refresh_interval,
-        )
-        slot.attempts = plan.attempts
-        slot.state_mtime = self.store.mtime(name)
-        if isinstance(outcome, AccountState):
-            slot.consecutive_failures = 0
-            slot.needs_login = False
-            slot.last_error = None
-            slot.last_outcome = "ok"
-            slot.expires_at = outcome.access.expires_at if outcome.access else None
-            slot.refresh_token_expires_at = outcome.refresh_token_expires_at
-            log.debug("account=%s next_refresh_in=%.0fs", name, plan.at - now if plan.at else -1)
-            return plan
-        slot.consecutive_failures += 1
-        message = str(outcome)
-        if isinstance(outcome, InvalidGrant):
-            self._count(slot, "invalid_grant")
-            if not slot.needs_login:
-                log.error("%s: %s", name, message)  # said once; the account is parked until a new login
-            slot.needs_login = True
-            slot.last_outcome = "needs-login"
-        else:
-            temporary = isinstance(outcome, TemporaryError | RotatedTokenNotSaved)
-            kind = "temporary" if temporary else "output" if isinstance(outcome, OutputError) else "failed"
-            self._count(slot, kind)
-            level = logging.WARNING if isinstance(outcome, TemporaryError) and slot.attempts < 3 else logging.ERROR
-            if message != slot.last_error or slot.attempts in (1, 3) or slot.attempts % 10 == 0:
-                log.log(level, "%s: %s; retry %d in %s", name, message, slot.attempts, humanize((plan.at or now) - now))
-            slot.last_outcome = "retrying"
-        slot.last_error = message
-        return plan
+        for track in [t for t in self._tracks.values() if t.job and t.view.planned_at is not None and t.view.planned_at <= now]:
+            job = track.job
+            if job is not None and self._take_job(job):
+                self._handle(self._run(job))
+        return True
+
+    def _handle(self, event: tuple[str, str] | _Report) -> bool:
+        """Apply one event; False for a stop. Nothing raised here ends the loop."""
+        try:
+            if isinstance(event, _Report):
+                self._apply(event)
+                return True
+            word, reason = event
+            if word == "stop":
+                log.info("%s, stopping", reason)
+                self._stopping.set()
+                return False
+            if word == "reload":
+                self._reload()
+            elif word == "rescan":
+                self._rescan()
+            elif word == "refresh-all":
+                self._refresh_all()
+        except Exception as exc:  # the last line of defence: whatever slipped through, the loop goes on
+            what = event[0] if isinstance(event, tuple) else f"the report of {event.job.account.name}"
+            log.error("%s", internal_error("daemon", f"handling {what!r}", exc))
+        return True
+
+    # ------------------------------------------------------------ scheduling (the loop's thread only)
+
+    def _add_track(self, track: _Track) -> None:
+        self._tracks[track.view.name] = track
+        self._views[track.view.name] = track.view
+
+    def _publish(self, track: _Track, **changes: Any) -> None:
+        """Replace the account's view (the only way it changes): readers see the old one or the new one."""
+        track.view = replace(track.view, **changes)
+        if self._tracks.get(track.view.name) is track:
+            self._views[track.view.name] = track.view
+
+    def _schedule(self, track: _Track, at: float, *, force: bool = False) -> None:
+        """Plan the account's next run at `at` (epoch seconds), replacing its pending job; see the module's docstring."""
+        now = self.clock()
+        at = bounded(at, now=now)
+        self._publish(track, planned_at=at)
+        pending = track.job
+        if pending is not None:
+            if not self._take_job(pending):  # running (or done, its report not yet applied): wait for it
+                earlier = track.later
+                track.later = _Later(at, force or (earlier is not None and earlier.force))
+                return
+            force = force or pending.force
+        self._seq += 1
+        # A fresh id per run: APScheduler refuses to start a job whose id is still running.
+        job = _Job(f"{track.view.name}#{self._seq}", track.account, force, track.view.expires_at)
+        track.job = job
+        # APScheduler reads the real wall clock; hand it the same distance from now that
+        # `at` has on our clock (identical in production, where our clock is time.time).
+        run_date = datetime.fromtimestamp(time.time() + (at - now), timezone.utc)
+        self.scheduler.add_job(self._run_in_pool, "date", run_date=run_date, id=job.id, args=[job])
+
+    def _take_job(self, job: _Job) -> bool:
+        """Take a pending job out of the scheduler; False if it has started (APScheduler removes a
+        date job from its store as it hands it to the pool, under the lock remove_job takes)."""
+        try:
+            self.scheduler.remove_job(job.id)
+        except JobLookupError:
+            return False
+        return True
+
+    # ------------------------------------------------------------ a run (a pool thread, or step()'s)
+
+    def _run_in_pool(self, job: _Job) -> None:
+        self._events.put(self._run(job))
+
+    def _run(self, job: _Job) -> _Report:
+        """One refresh transaction for one account; never raises."""
+        name = job.account.name
+        outcome: AccountState | FreshtokenError
+        refreshed = False
+        try:
+            threshold = None if job.force else self.refresher.scheduled_threshold
+            with self._token_expiry(job.expires_at):
+                result = self.refresher.refresh(job.account, skip_if_valid_for=threshold)
+            outcome, refreshed = result.state, result.refreshed
+        except FreshtokenError as exc:
+            outcome = exc
+        except Exception as exc:  # a bug, or stored data the code cannot use, must not kill this account's schedule
+            outcome = RefreshFailed(internal_error(name, "refreshing", exc))
+        return _Report(job, outcome, refreshed, self.store.mtime(name))
 
     def _token_expiry(self, expires_at: float | None) -> contextlib.AbstractContextManager[None]:
         # Another account's 429 pauses this one at most half of what its token has left.
         if isinstance(self.client, PacedTokenClient):
             return self.client.token_expiry(expires_at)
         return contextlib.nullcontext()
-
-    def _count(self, slot: Slot, outcome: str) -> None:
-        slot.outcomes[outcome] = slot.outcomes.get(outcome, 0) + 1
 
     def _run_hook_detached(self, account: Account, token_file: Path, expires_at: float) -> None:
         # Hooks may be slow; never let them hold a worker that other accounts need.
@@ -320,26 +383,106 @@ class Daemon:
                 daemon=True,
             ).start()
 
-    # ------------------------------------------------------------ start-up
+    # ------------------------------------------------------------ after a run (the loop's thread)
 
-    def start_account(self, name: str) -> None:
+    def _apply(self, report: _Report) -> None:
+        name = report.job.account.name
+        track = self._tracks.get(name)
+        if track is None or track.job is None or track.job.id != report.job.id:
+            leaving = self._leaving.get(name)
+            if leaving is not None and leaving.job is not None and leaving.job.id == report.job.id:
+                del self._leaving[name]  # removed from the config while it ran; what it got is saved
+            return
+        track.job = None
+        track.state_mtime = report.state_mtime
+        before = track.view
+        try:
+            plan = self._book(track, report)
+        except Exception as exc:
+            log.error("%s: %s; retry in %s", name, internal_error(name, "planning the next run", exc), humanize(PERMANENT_BASE))
+            plan = Plan(self.clock() + PERMANENT_BASE, before.attempts, "retry")
+        later, track.later = track.later, None
+        if later is not None:
+            # A newer plan (a reload, a new login, SIGUSR1) wins over this run's, a parking one
+            # included: it would drop the run that picks up the new login.
+            self._publish(track, attempts=before.attempts, needs_login=before.needs_login)
+            self._schedule(track, later.at, force=later.force)
+        elif plan.at is None:
+            self._publish(track, planned_at=None)
+        else:
+            self._schedule(track, plan.at)
+        self._startup_pending.discard(name)
+        self._check_ready()
+
+    def _book(self, track: _Track, report: _Report) -> Plan:
+        """Plan the next run (timing.plan_next), count the outcome, log it and publish the account's new view."""
+        view, outcome, name = track.view, report.outcome, track.view.name
+        now = self.clock()
+        plan = self._plan(track, outcome, now)
+        if not isinstance(outcome, FreshtokenError):
+            runs = _counted(view.runs, "success" if report.refreshed else "current")
+            expires_at = outcome.access.expires_at if outcome.access else None
+            self._publish(
+                track,
+                status="ok",
+                attempts=plan.attempts,
+                consecutive_failures=0,
+                needs_login=False,
+                last_error=None,
+                expires_at=expires_at,
+                refresh_token_expires_at=outcome.refresh_token_expires_at,
+                runs=runs,
+            )
+            log.debug("account=%s next_refresh_in=%.0fs", name, plan.at - now if plan.at else -1)
+            return plan
+        message = str(outcome)
+        runs = _counted(view.runs, outcome.outcome)
+        changes: dict[str, Any] = {"attempts": plan.attempts, "consecutive_failures": view.consecutive_failures + 1, "last_error": message}
+        if plan.at is None:  # parked until a new login
+            if not view.needs_login:
+                log.error("%s: %s", name, message)  # said once; the account is parked until a new login
+            self._publish(track, status="needs-login", needs_login=True, runs=runs, **changes)
+            return plan
+        # Trouble that exits 75 (EX_TEMPFAIL: network, 5xx, a full disk) is expected now and then: a
+        # warning for the first tries. Anything else, a spent refresh token held only in memory included, is an error.
+        expected = outcome.exit_code == TemporaryError.exit_code
+        level = logging.WARNING if expected and plan.attempts < 3 else logging.ERROR
+        if message != view.last_error or plan.attempts in (1, 3) or plan.attempts % 10 == 0:
+            log.log(level, "%s: %s; retry %d in %s", name, message, plan.attempts, humanize(plan.at - now))
+        self._publish(track, status="retrying", runs=runs, **changes)
+        return plan
+
+    def _plan(self, track: _Track, outcome: AccountState | FreshtokenError, now: float, *, min_interval: float | None = None) -> Plan:
+        return plan_next(
+            outcome,
+            attempts=track.view.attempts,
+            margin_config=self.config.margin_for(track.account),
+            now=now,
+            rng=self.rng,
+            backoff_cap=self.config.backoff_max,
+            token_expires_at=track.view.expires_at,
+            min_interval=self.config.min_refresh_interval if min_interval is None else min_interval,
+        )
+
+    # ------------------------------------------------------------ start-up, requests, heartbeat (the loop's thread)
+
+    def _start_account(self, track: _Track) -> None:
         """Write a still-valid token at once and schedule its refresh; otherwise refresh at once.
 
         Never raises: a stored state this code cannot use is reported, and refreshed at once.
         """
-        slot = self.slots[name]
+        name = track.view.name
         now = self.clock()
         force = False
         try:
-            state = self.refresher.write_current(slot.account)
-            if state is not None:
-                margin = effective_margin(self.config.margin_for(slot.account), lifetime(state))
-                at = refresh_at(state.access.expires_at, margin, now=now, rng=self.rng)  # type: ignore[union-attr]
-                slot.expires_at = state.access.expires_at if state.access else None
-                slot.refresh_token_expires_at = state.refresh_token_expires_at
-                slot.state_mtime = self.store.mtime(name)
-                self.schedule(name, at)
-                slot.last_outcome = "ok"
+            state = self.refresher.write_current(track.account)
+            if state is not None and state.access is not None:
+                # No floor here: a restart finds no refresh of ours to space out, and a short token must not wait.
+                plan = self._plan(track, state, now, min_interval=0.0)
+                track.state_mtime = self.store.mtime(name)
+                expiries = {"expires_at": state.access.expires_at, "refresh_token_expires_at": state.refresh_token_expires_at}
+                self._publish(track, status="ok", **expiries)
+                self._schedule(track, plan.at if plan.at is not None else now)
                 return
         except FreshtokenError as exc:
             log.warning("%s: could not write the stored token: %s", name, exc)
@@ -348,83 +491,35 @@ class Daemon:
             log.error("%s: cannot use the stored state (%s); refreshing now", name, internal_error(name, "reading the stored state", exc))
             force = True
         self._startup_pending.add(name)
-        self.schedule(name, now, force=force)
+        self._schedule(track, now, force=force)
 
-    # ------------------------------------------------------------ main loop
-
-    def run(self) -> int:
-        with self.store.daemon_lock(self.config.token_dir):
-            # A kill mid-write leaves temp files beside the outputs too (the store sweeps the state dir).
-            for directory in {self.config.token_dir, *(o.path.parent for a in self.config.accounts.values() for o in a.outputs)}:
-                clean_stale_temps(directory)
-            self._install_signals()
-            self.scheduler.start()
-            try:
-                self._open_wake_socket()
-                self._start_metrics()
-                for name in list(self.slots):
-                    self.start_account(name)
-                self._check_ready()
-                self.touch_heartbeat()
-                self._loop()
-            finally:
-                systemd.notify({"STOPPING": 1, "STATUS": "stopping"}, environ=self.environ)
-                self._shutdown()
-        log.info("stopped")
-        return 0
-
-    def _loop(self) -> None:
-        last_wall, last_mono = self.clock(), self.monotonic()
-        next_beat = last_mono + self.heartbeat
-        while True:
-            timeout = max(0.0, next_beat - self.monotonic())
-            try:
-                event, arg = self.events.get(timeout=timeout)
-            except queue.Empty:
-                event, arg = "beat", None
-            if event == "stop":
-                log.info("%s, stopping", arg)
-                return
-            try:
-                self._handle(event, arg)
-                if self.monotonic() >= next_beat or event == "beat":
-                    wall, mono = self.clock(), self.monotonic()
-                    self._check_clock(wall - last_wall - (mono - last_mono))
-                    last_wall, last_mono = wall, mono
-                    next_beat = mono + self.heartbeat
-                    self.beat()
-            except Exception as exc:  # the last line of defence: whatever slipped through, the loop goes on
-                log.error("%s", internal_error("daemon", f"handling {event!r}", exc))
-
-    def _handle(self, event: str, arg: Any) -> None:
-        if event == "reload":
-            self.reload()
-        elif event == "rescan":
-            self.rescan()
-        elif event == "refresh-all":
-            log.info("SIGUSR1: refreshing every account now")
-            now = self.clock()
-            for name, slot in self.slots.items():
-                slot.needs_login = False  # a manual request gets one more try
-                self.schedule(name, now, force=True)
-        elif event == "ran":
-            self._startup_pending.discard(arg)
-            self._check_ready()
+    def _refresh_all(self) -> None:
+        log.info("SIGUSR1: refreshing every account now")
+        now = self.clock()
+        for track in list(self._tracks.values()):
+            self._publish(track, needs_login=False)  # a manual request gets one more try
+            self._schedule(track, now, force=True)
 
     def beat(self) -> None:
-        """The heartbeat: wake the scheduler, ping the watchdog, pick up new logins, warn of dying refresh tokens."""
+        """The heartbeat: notice clock jumps, wake the scheduler, ping the watchdog, pick up new logins, warn of dying refresh tokens.
+
+        run() calls it at least every `heartbeat` seconds; in-process users call it between step()s.
+        """
+        wall, mono = self.clock(), self.monotonic()
+        (last_wall, last_mono), self._clocks = self._clocks, (wall, mono)
+        self._check_clock(wall - last_wall - (mono - last_mono))
         self.touch_heartbeat()
         now = self.clock()
         # APScheduler sleeps on the monotonic clock, so after a suspend it oversleeps a job
         # whose wall-clock time has passed: wake it then. Only then: every wake-up of an idle
         # thread costs milliseconds of CPU on a VM, and the daemon should cost nothing idle.
-        if any(slot.planned_at is not None and slot.planned_at <= now for slot in self.slots.values()):
+        if any(view.planned_at is not None and view.planned_at <= now for view in self._views.values()):
             self.scheduler.wakeup()
         # A login normally wakes us through the socket; this catches one whose wake-up got lost.
-        self.rescan(parked_only=True)
-        for name, slot in list(self.slots.items()):
+        self._rescan(parked_only=True)
+        for name, track in list(self._tracks.items()):
             try:
-                self._warn_refresh_token(slot, now)
+                self._warn_refresh_token(track, now)
             except Exception as exc:
                 log.error("%s: %s", name, internal_error(name, "in the heartbeat", exc))
         if systemd.watchdog_interval(self.environ):
@@ -442,21 +537,21 @@ class Daemon:
         except OSError as exc:  # only `status` loses a figure; the beat goes on
             log.debug("cannot touch %s: %s", HEARTBEAT_FILE, exc.strerror or exc)
 
-    def rescan(self, *, parked_only: bool = False) -> None:
+    def _rescan(self, *, parked_only: bool = False) -> None:
         """Re-read each account whose state file changed on disk (a login by another process) and plan it anew.
 
         A changed account runs at once: a new login's token is still valid, so that run only
         writes it out and plans its refresh; a changed state that needs a login parks it again.
         """
         now = self.clock()
-        for name, slot in list(self.slots.items()):
-            if parked_only and not slot.needs_login:
+        for name, track in list(self._tracks.items()):
+            if parked_only and not track.view.needs_login:
                 continue
             try:
                 mtime = self.store.mtime(name)
-                if mtime == slot.state_mtime:
+                if mtime == track.state_mtime:
                     continue
-                slot.state_mtime = mtime
+                track.state_mtime = mtime
                 try:
                     state = self.store.load(name)
                 except FreshtokenError as exc:  # the heartbeat must go on whatever the disk says
@@ -464,47 +559,42 @@ class Daemon:
                     continue
                 if state.needs_login:
                     continue  # a parked account stays parked; a running one finds out on its next run
-                if slot.needs_login:
+                if track.view.needs_login:
                     log.info("%s: new login found; resuming", name)
-                slot.needs_login = False
-                slot.attempts = 0
-                self.schedule(name, now)
+                self._publish(track, needs_login=False, attempts=0)
+                self._schedule(track, now)
             except Exception as exc:
                 log.error("%s: %s", name, internal_error(name, "re-reading the state", exc))
 
-    def _warn_refresh_token(self, slot: Slot, now: float) -> None:
-        expires = slot.refresh_token_expires_at
-        if expires is None or slot.needs_login or now - slot.rt_warned_at < 86400:
+    def _warn_refresh_token(self, track: _Track, now: float) -> None:
+        view = track.view
+        expires = view.refresh_token_expires_at
+        if expires is None or view.needs_login or now - track.rt_warned_at < REFRESH_TOKEN_WARN_EVERY:
             return
-        left = expires - now
-        if left < WARN_RT_BEFORE:
-            slot.rt_warned_at = now
-            log.warning(
-                "%s: the refresh token expires in %s; run `freshtoken login %s` before then",
-                slot.account.name,
-                humanize(max(left, 0)),
-                slot.account.name,
-            )
+        if expiring_soon(expires, now=now):
+            track.rt_warned_at = now
+            left = humanize(max(expires - now, 0))
+            log.warning("%s: the refresh token expires in %s; run `freshtoken login %s` before then", view.name, left, view.name)
 
     def _check_clock(self, drift: float) -> None:
-        """Compare how far the wall clock and the monotonic clock moved since the last beat."""
+        """React to the wall clock moving `drift` seconds more than the monotonic one since the last beat."""
         if abs(drift) < CLOCK_JUMP:
             return
         if drift > 0:
             log.warning("wall clock jumped %s forward (or the system was suspended); running due refreshes", humanize(drift))
             # Re-add each job at its planned wall time: whatever is now due runs at once, even on a
             # scheduler that has not seen the jump itself (wakeup() in beat() covers the rest).
-            for name, slot in list(self.slots.items()):
-                if slot.planned_at is not None:
-                    self.schedule(name, slot.planned_at)
+            for track in list(self._tracks.values()):
+                if track.view.planned_at is not None:
+                    self._schedule(track, track.view.planned_at)
             return
         # Backward: every planned time now lies `drift` further away than it really is,
         # and stored expiry times look later than they are. Keep each account's refresh
         # at the same real moment, and force it, since the expiry check would be fooled.
         log.warning("wall clock jumped %s backward; keeping the refresh schedule in real time", humanize(-drift))
-        for name, slot in list(self.slots.items()):
-            if slot.planned_at is not None:
-                self.schedule(name, slot.planned_at + drift, force=True)
+        for track in list(self._tracks.values()):
+            if track.view.planned_at is not None:
+                self._schedule(track, track.view.planned_at + drift, force=True)
 
     def _check_ready(self) -> None:
         if self._ready or self._startup_pending:
@@ -514,22 +604,24 @@ class Daemon:
         systemd.notify({"READY": 1, "STATUS": self.summary()}, environ=self.environ)
 
     def summary(self) -> str:
-        text = f"{len(self.slots)} account(s)"
+        """`2 account(s): 1 ok, 1 retrying; next refresh in 5m 2s`: READY's and the watchdog's status line."""
+        views = list(self._views.values())
+        text = f"{len(views)} account(s)"
         try:
             counts: dict[str, int] = {}
-            for slot in self.slots.values():
-                counts[slot.last_outcome] = counts.get(slot.last_outcome, 0) + 1
+            for view in views:
+                counts[view.status] = counts.get(view.status, 0) + 1
             text += ": " + ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
-            planned = [s.planned_at for s in self.slots.values() if s.planned_at is not None]
+            planned = [view.planned_at for view in views if view.planned_at is not None]
             if planned:
                 text += f"; next refresh in {humanize(max(0.0, min(planned) - self.clock()))}"
         except Exception as exc:  # READY=1 and the watchdog's STATUS must not depend on one account's figures
             log.error("%s", internal_error("daemon", "summing up the accounts", exc))
         return text
 
-    # ------------------------------------------------------------ reload
+    # ------------------------------------------------------------ reload (the loop's thread)
 
-    def reload(self) -> None:
+    def _reload(self) -> None:
         systemd.reloading(self.environ, status="reloading config")
         try:
             if self.config_loader is None:
@@ -541,29 +633,38 @@ class Daemon:
             return
         if new.state_dir != self.config.state_dir:
             log.warning("state_dir changed in the config; this takes a restart, keeping %s", self.config.state_dir)
-            new = _with_state_dir(new, self.config.state_dir)
+            new = replace(new, state_dir=self.config.state_dir)
         old = self.config
         self.config = new
         self.refresher.config = new
         self.client.timeouts = Timeouts(new.connect_timeout, new.read_timeout)
-        for name in [n for n in self.slots if n not in new.accounts]:
-            self.park(name)
-            del self.slots[name]
+        for name in [n for n in self._tracks if n not in new.accounts]:
+            gone = self._tracks.pop(name)
+            del self._views[name]
+            if gone.job is not None and not self._take_job(gone.job):
+                self._leaving[name] = gone  # running: its report still comes, and a re-added account waits for it
             self._startup_pending.discard(name)  # its first run will never report: do not hold READY for it
             log.info("%s: removed from the config; no longer refreshed", name)
         now = self.clock()
         for name, account in new.accounts.items():
-            slot = self.slots.get(name)
-            if slot is None:
-                self.slots[name] = Slot(account)
+            track = self._tracks.get(name)
+            if track is None:
                 log.info("%s: added", name)
-                self.start_account(name)
-            elif account != slot.account or new.token_dir != old.token_dir:
-                slot.account = account
-                slot.needs_login = False
-                slot.attempts = 0
+                back = self._leaving.pop(name, None)
+                if back is None:
+                    track = _Track(account, AccountView(name))
+                    self._add_track(track)
+                    self._start_account(track)
+                else:  # its old run is still going: this account's first run waits for that one's report
+                    back.account, back.later = account, None
+                    back.view = AccountView(name)
+                    self._add_track(back)
+                    self._schedule(back, now)
+            elif account != track.account or new.token_dir != old.token_dir:
+                track.account = account
+                self._publish(track, needs_login=False, attempts=0)
                 log.info("%s: changed; applying", name)
-                self.schedule(name, now)
+                self._schedule(track, now)
         for warning in new.warnings:
             log.warning("%s", warning)
         log.info("reloaded %s", new.file)
@@ -574,14 +675,14 @@ class Daemon:
         # READY=1 ends a reload, but must not come before the start-up pass is done.
         return {"READY": 1} if self._ready else {}
 
-    # ------------------------------------------------------------ signals, metrics, shutdown
+    # ------------------------------------------------------------ signals, wake socket, metrics, stop
 
     def _install_signals(self) -> None:
-        # Handlers only enqueue: SimpleQueue.put is reentrant (bpo-14976); the work happens in _loop.
-        signal.signal(signal.SIGTERM, lambda *_: self.events.put(("stop", "received SIGTERM")))
-        signal.signal(signal.SIGINT, lambda *_: self.events.put(("stop", "received SIGINT")))
-        signal.signal(signal.SIGHUP, lambda *_: self.events.put(("reload", None)))
-        signal.signal(signal.SIGUSR1, lambda *_: self.events.put(("refresh-all", None)))
+        # Handlers only enqueue: SimpleQueue.put is reentrant (bpo-14976); the loop does the work.
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop("received SIGTERM"))
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop("received SIGINT"))
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+        signal.signal(signal.SIGUSR1, lambda *_: self.request_refresh_all())
 
     def _open_wake_socket(self) -> None:
         """Listen for `login` telling us it changed a state; the thread blocks in recv, so idle costs nothing."""
@@ -599,7 +700,7 @@ class Daemon:
                 return
             if self._stopping.is_set():
                 return
-            self.events.put(("rescan", None))
+            self.request_rescan()
 
     def _close_wake_socket(self) -> None:
         sock, self._wake = self._wake, None
@@ -623,16 +724,26 @@ class Daemon:
             return
         self.metrics = serve(self, self.config.metrics_listen)
 
-    def _shutdown(self) -> None:
+    def close(self) -> None:
+        """Stop (run() ends with this): no run starts any more, running ones get STOP_GRACE to save what they got,
+        rotated refresh tokens held in memory get one more save, and the metrics endpoint and the wake socket close."""
         self._stopping.set()
-        self.scheduler.shutdown(wait=False)
+        with contextlib.suppress(SchedulerNotRunningError):
+            self.scheduler.pause()
+        pending = {job.id for job in self.scheduler.get_jobs()}
+        running = {t.job.id: name for name, t in [*self._tracks.items(), *self._leaving.items()] if t.job and t.job.id not in pending}
         deadline = time.monotonic() + STOP_GRACE
-        for slot in list(self.slots.values()):
-            # A refresh holding this lock is mid-request; give it a moment to save what it got.
-            if slot.run_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                slot.run_lock.release()
-            else:
-                log.warning("%s: abandoning the in-flight refresh", slot.account.name)
+        while running and (left := deadline - time.monotonic()) > 0:
+            try:
+                event = self._events.get(timeout=left)
+            except queue.Empty:
+                break
+            if isinstance(event, _Report):
+                running.pop(event.job.id, None)
+        for name in sorted(running.values()):
+            log.warning("%s: abandoning the in-flight refresh", name)
+        with contextlib.suppress(SchedulerNotRunningError):
+            self.scheduler.shutdown(wait=False)
         # A rotated refresh token held in memory because its save failed dies with the process: try once more.
         for name in self.refresher.flush_unsaved():
             log.error("%s: stopping with a rotated refresh token that could not be saved; `freshtoken login %s` will be needed", name, name)
@@ -640,6 +751,12 @@ class Daemon:
             with contextlib.suppress(Exception):
                 self.metrics.shutdown()
         self._close_wake_socket()
+
+
+def _counted(runs: Mapping[str, int], outcome: str) -> dict[str, int]:
+    counts = dict(runs)
+    counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
 
 
 def internal_error(name: str, doing: str, exc: BaseException) -> str:
@@ -651,18 +768,64 @@ def internal_error(name: str, doing: str, exc: BaseException) -> str:
     return f"internal error {doing}: {type(exc).__name__}"
 
 
-def _with_state_dir(config: Config, state_dir: Path) -> Config:
-    from dataclasses import replace
+# ---------------------------------------------------------------- the pool
 
-    return replace(config, state_dir=state_dir)
+
+class _DaemonThreadPool:
+    """What APScheduler's pool executor uses of concurrent.futures.ThreadPoolExecutor, on daemon threads.
+
+    concurrent.futures joins its workers when the interpreter exits, so a refresh stuck in a
+    read (up to read_timeout) past STOP_GRACE would hold up the exit of a stopped daemon.
+    Daemon threads are dropped at exit instead, and that loses nothing: close() has given
+    them STOP_GRACE, and the transaction saves a rotated refresh token before anything else.
+    Threads start on demand, up to `workers`, as ThreadPoolExecutor's do.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self._workers = workers
+        self._tasks: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._tasks.put((future, fn, args))
+        if not self._idle.acquire(timeout=0):
+            with self._lock:
+                if len(self._threads) < self._workers:
+                    thread = threading.Thread(target=self._work, name=f"refresh-{len(self._threads) + 1}", daemon=True)
+                    self._threads.append(thread)
+                    thread.start()
+        return future
+
+    def shutdown(self, wait: bool = True) -> None:
+        with self._lock:
+            threads = list(self._threads)
+        for _ in threads:
+            self._tasks.put(None)
+        if wait:
+            for thread in threads:
+                thread.join()
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            future, fn, args = task
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # handed to APScheduler, which logs a job's error
+                    future.set_exception(exc)
+            self._idle.release()
+
+
+class _DaemonThreadExecutor(BasePoolExecutor):  # type: ignore[misc]
+    def __init__(self, workers: int) -> None:
+        super().__init__(_DaemonThreadPool(workers))
 
 
 def run(config: Config, *, config_loader: Callable[[], Config] | None = None, environ: Mapping[str, str] = os.environ) -> int:
+    """`freshtoken run`: the daemon until SIGTERM; returns its exit code."""
     for warning in config.warnings:
         log.warning("%s", warning)
-    daemon = Daemon(config, config_loader=config_loader, environ=environ)
-    code = daemon.run()
-    # Pool threads stuck in a read past STOP_GRACE would hold up interpreter exit
-    # (concurrent.futures joins its workers); our state is saved, so leave now.
-    logging.shutdown()
-    os._exit(code)
+    return Daemon(config, config_loader=config_loader, environ=environ).run()

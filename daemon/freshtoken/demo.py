@@ -80,7 +80,7 @@ def _run(root: Path, *, duration: float | None, lifetime: float, out: IO[str]) -
             flush=True,
         )
         if duration is not None:
-            timer = threading.Timer(duration, lambda: daemon.events.put(("stop", f"--duration {duration:g}s elapsed")))
+            timer = threading.Timer(duration, lambda: daemon.request_stop(f"--duration {duration:g}s elapsed"))
             timer.daemon = True
             timer.start()
         code = daemon.run()

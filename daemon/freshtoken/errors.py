@@ -1,4 +1,27 @@
-"""The exception tree. Each class carries the exit code a one-shot command ends with.
+"""The exception tree: every error freshtoken reports to a user.
+
+                               exit  outcome        retryable
+    FreshtokenError              1   failed         no     the base: printed as one line, no traceback
+    ├── UsageError               2   failed         no     a bad command line argparse could not see
+    ├── ConfigError             78   failed         no     names the file, the key and the problem
+    ├── TemporaryError          75   temporary      yes    network, timeout, 5xx, 429 (.retry_after)
+    │   ├── StateWriteError     75   temporary      yes    the state dir cannot be written
+    │   └── MalformedAnswer     75   temporary      yes    a 2xx answer refused as it is (.refresh_token)
+    ├── RefreshFailed            1   failed         no     refused for a reason retrying will not fix
+    │   ├── InvalidGrant         1   invalid_grant  no     only a new login helps: the daemon parks the account
+    │   └── RotatedTokenNotSaved 1   temporary      yes    a rotated refresh token is held in memory only
+    ├── OutputError              1   output         no     an output file could not be written
+    ├── UnsafeToken              1   failed         no     a token that could inject a header or variable
+    ├── StateUnusable            1   failed         no     a state file this version cannot use
+    ├── TokenUnavailable         1   failed         no     `get`: no valid token
+    ├── LoginFailed              1   failed         no     `login` denied, timed out or mismatched
+    └── AlreadyRunning           1   failed         no     another daemon holds the state dir
+
+Each class says, as class attributes, what the one-shot commands exit with
+(`exit_code`, read by the CLI), how a run that ended in it is counted
+(`outcome`, the label metrics count the run under) and whether it is worth a quick
+retry (`retryable`, read by the daemon's planner, timing.plan_next). Nobody
+else works out the kind of an error from its type.
 
 Messages are single lines meant for users; none may contain a secret.
 """
@@ -14,6 +37,9 @@ class FreshtokenError(Exception):
     """Base of every error freshtoken reports to a user (printed as one line, no traceback)."""
 
     exit_code: ClassVar[int] = 1
+    outcome: ClassVar[str] = "failed"
+    retryable: ClassVar[bool] = False
+    retry_after: float | None = None  # seconds a server asked us to wait, where it said so
 
 
 class UsageError(FreshtokenError):
@@ -37,6 +63,8 @@ class TemporaryError(FreshtokenError):
     """Network trouble, timeout, 5xx, 429: worth retrying later."""
 
     exit_code: ClassVar[int] = 75
+    outcome: ClassVar[str] = "temporary"
+    retryable: ClassVar[bool] = True
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -69,13 +97,32 @@ class RefreshFailed(FreshtokenError):
 class InvalidGrant(RefreshFailed):
     """The refresh token is revoked or expired: only a new login helps."""
 
+    outcome: ClassVar[str] = "invalid_grant"
+
 
 class RotatedTokenNotSaved(RefreshFailed):
     """The server rotated the refresh token but the new one could not be saved: loud, exit 1.
 
-    The daemon keeps the new state in memory and retries the save; a one-shot
-    command can only say so (the old refresh token is spent).
+    The daemon keeps the new state in memory and retries the save as soon as a
+    network error; a one-shot command can only say so (the old refresh token is spent).
     """
+
+    outcome: ClassVar[str] = "temporary"
+    retryable: ClassVar[bool] = True
+
+
+class OutputError(FreshtokenError):
+    """One or more output files could not be written; the new token is safe in the state."""
+
+    outcome: ClassVar[str] = "output"
+
+
+class UnsafeToken(FreshtokenError):
+    """A token with a control character or space could inject a header line or variable."""
+
+
+class StateUnusable(FreshtokenError):
+    """A stored state this version cannot use (bad JSON, absurd numbers, wrong types). One line, names the file."""
 
 
 class TokenUnavailable(FreshtokenError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from freshtoken.errors import FreshtokenError
+from freshtoken.errors import UnsafeToken
 
 TYPE_CHECKING = False  # typing itself costs `get` milliseconds
 if TYPE_CHECKING:
@@ -11,19 +11,11 @@ if TYPE_CHECKING:
 FORMATS = ("raw", "json", "header", "env")
 
 
-class UnsafeToken(FreshtokenError):
-    """A token with a control character or space could inject a header line or variable."""
-
-
 def check_token(value: str) -> None:
     # Printable ASCII without spaces: RFC 6750's b64token is narrower still, and
     # anything wider could smuggle a second header or env line into a file.
     if not value or any(not 0x21 <= ord(ch) <= 0x7E for ch in value):
         raise UnsafeToken("the access token has spaces, control or non-ASCII characters; refusing to write it")
-
-
-def as_json(token: AccessToken, account: str) -> dict[str, object]:
-    return _document(token.access_token.reveal(), token.token_type, token.expires_at, token.scope, account)
 
 
 def _document(value: str, token_type: str, expires_at: float, scope: str | None, account: str) -> dict[str, object]:

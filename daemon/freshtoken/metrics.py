@@ -1,7 +1,7 @@
 """The optional Prometheus endpoint (`metrics_listen`): GET /metrics and /healthz.
 
 The only module that imports prometheus_client (the `freshtoken[metrics]` extra).
-Figures are read from the daemon's slots at scrape time; the only label is the
+Figures are read from the daemon's snapshot at scrape time; the only label is the
 account name (plus the outcome of a refresh), so no secret can become a label.
 """
 
@@ -20,17 +20,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from freshtoken.timing import REFRESH_TOKEN_WARNING, expiring_soon
+
 if TYPE_CHECKING:
     from freshtoken.daemon import Daemon
 
 log = logging.getLogger(__name__)
 
-EXPIRING_SOON = 14 * 86400  # the daemon warns from this long before a refresh token dies
 OUTCOMES = ("success", "current", "temporary", "failed", "output", "invalid_grant")
 
 
 class DaemonCollector(Collector):
-    """Turns `daemon.slots` into metric families each time it is scraped."""
+    """Turns `daemon.snapshot()` into metric families each time it is scraped."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -38,12 +39,12 @@ class DaemonCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         daemon = self.daemon
         now = daemon.clock()
-        slots = sorted(dict(daemon.slots).items())  # a copy: reload may add or drop accounts meanwhile
+        views = sorted(daemon.snapshot().items())
 
         up = GaugeMetricFamily("freshtoken_up", "1 while the freshtoken daemon is running.")
         up.add_metric([], 1)
         accounts = GaugeMetricFamily("freshtoken_accounts", "Number of configured accounts.")
-        accounts.add_metric([], len(slots))
+        accounts.add_metric([], len(views))
         access = GaugeMetricFamily(
             "freshtoken_access_token_expires_in_seconds",
             "Seconds until the current access token expires (negative once expired).",
@@ -56,7 +57,8 @@ class DaemonCollector(Collector):
         )
         soon = GaugeMetricFamily(
             "freshtoken_refresh_token_expiring_soon",
-            "1 when the refresh token expires within 14 days, else 0 (also 0 when its expiry is unknown).",
+            f"1 when the refresh token expires within {REFRESH_TOKEN_WARNING / 86400:.0f} days, else 0"
+            " (also 0 when its expiry is unknown).",
             labels=["account"],
         )
         refreshes = CounterMetricFamily(
@@ -75,21 +77,19 @@ class DaemonCollector(Collector):
             "Seconds until the next planned refresh (absent while the account waits for a login).",
             labels=["account"],
         )
-        for name, slot in slots:
+        for name, view in views:
             label = [name]
-            if slot.expires_at is not None:
-                access.add_metric(label, slot.expires_at - now)
-            rt_expires = slot.refresh_token_expires_at
-            if rt_expires is not None:
-                refresh.add_metric(label, rt_expires - now)
-            soon.add_metric(label, 1 if rt_expires is not None and rt_expires - now < EXPIRING_SOON else 0)
-            counts = dict(slot.outcomes)
-            for outcome in sorted(set(OUTCOMES) | set(counts)):
-                refreshes.add_metric([name, outcome], counts.get(outcome, 0))
-            failures.add_metric(label, slot.consecutive_failures)
-            needs_login.add_metric(label, 1 if slot.needs_login else 0)
-            if slot.planned_at is not None:
-                next_refresh.add_metric(label, slot.planned_at - now)
+            if view.expires_at is not None:
+                access.add_metric(label, view.expires_at - now)
+            if view.refresh_token_expires_at is not None:
+                refresh.add_metric(label, view.refresh_token_expires_at - now)
+            soon.add_metric(label, 1 if expiring_soon(view.refresh_token_expires_at, now=now) else 0)
+            for outcome in sorted(set(OUTCOMES) | set(view.runs)):
+                refreshes.add_metric([name, outcome], view.runs.get(outcome, 0))
+            failures.add_metric(label, view.consecutive_failures)
+            needs_login.add_metric(label, 1 if view.needs_login else 0)
+            if view.planned_at is not None:
+                next_refresh.add_metric(label, view.planned_at - now)
         yield from (up, accounts, access, refresh, soon, refreshes, failures, needs_login, next_refresh)
 
 

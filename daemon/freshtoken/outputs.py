@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from freshtoken.config import Account, Output
-from freshtoken.errors import FreshtokenError
+from freshtoken.errors import OutputError as OutputError  # re-exported: callers catch outputs.OutputError
 from freshtoken.formats import render
 from freshtoken.fsutil import TOKEN_DIR_MODE, Owner, atomic_write, ensure_dir, owner_as_root
 from freshtoken.model import AccessToken
@@ -19,10 +19,6 @@ TOKEN_FILE_MODE = 0o640
 
 _warned: set[Path] = set()  # token dirs already warned about: once per process is enough
 _warned_lock = threading.Lock()
-
-
-class OutputError(FreshtokenError):
-    """One or more output files could not be written; the new token is safe in the state."""
 
 
 def token_paths(token_dir: Path, account: str) -> tuple[Path, Path]:

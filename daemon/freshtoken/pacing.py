@@ -95,11 +95,6 @@ class RateLimiter:
         with self._lock:
             self._paused_until = max(self._paused_until, self.clock() + seconds)
 
-    @property
-    def paused_until(self) -> float:
-        with self._lock:
-            return self._paused_until
-
 
 class PacedTokenClient(TokenClient):
     """A TokenClient whose grants wait their turn at their token endpoint and client id's limiter.

@@ -19,22 +19,23 @@ from freshtoken.errors import (
     FreshtokenError,
     InvalidGrant,
     MalformedAnswer,
+    OutputError,
     RefreshFailed,
     RotatedTokenNotSaved,
     StateWriteError,
     TemporaryError,
+    UnsafeToken,
 )
-from freshtoken.formats import UnsafeToken, check_token
+from freshtoken.formats import check_token
 from freshtoken.fsutil import PendingWrite
 from freshtoken.hooks import run_hook
 from freshtoken.model import AccessToken, AccountState, Secret, TokenResponse
 from freshtoken.oauth import TokenClient
 from freshtoken.store import Store
-from freshtoken.timing import JITTER_SHARE, effective_margin
+from freshtoken.timing import refresh_margin, skip_threshold
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LIFETIME = 3600.0
 HookRunner = Callable[[Account, Path, float], None]
 Threshold = Callable[[Account, AccountState], float]
 
@@ -78,14 +79,15 @@ class Refresher:
         # the daemon, so these outlive a full disk; see _save_answer and _load_locked.
         self.unsaved: dict[str, Unsaved] = {}
 
-    # ------------------------------------------------------------ policy helpers
+    # ------------------------------------------------------------ thresholds for `skip_if_valid_for` (timing's policy)
 
     def margin(self, account: Account, state: AccountState) -> float:
-        return effective_margin(self.config.margin_for(account), lifetime(state))
+        """How long before expiry the account's token is refreshed (`refresh --if-needed` skips a token valid longer)."""
+        return refresh_margin(self.config.margin_for(account), state)
 
     def scheduled_threshold(self, account: Account, state: AccountState) -> float:
         """How much validity left makes a scheduled run a no-op: someone else refreshed already."""
-        return self.margin(account, state) * (1 + JITTER_SHARE) + 1.0
+        return skip_threshold(self.margin(account, state))
 
     # ------------------------------------------------------------ the transaction
 
@@ -150,7 +152,7 @@ class Refresher:
             )
             try:
                 outputs.write_all(self.config.token_dir, account, response.access)
-            except outputs.OutputError as exc:
+            except OutputError as exc:
                 self._record(name, new_state.with_error(str(exc), now), None)  # `status` shows it
                 raise
         self.hook_runner(account, outputs.token_paths(self.config.token_dir, name)[0], response.access.expires_at)
@@ -183,7 +185,7 @@ class Refresher:
         except OSError as exc:
             path, reason = self.store.path(account.name), exc.strerror or str(exc)
             if publish is not None:
-                with contextlib.suppress(outputs.OutputError):  # the token is good; readers should have it
+                with contextlib.suppress(OutputError):  # the token is good; readers should have it
                     outputs.write_all(self.config.token_dir, account, publish)
             if not rotated:
                 raise StateWriteError(f"cannot write state {path}: {reason}") from None
@@ -337,12 +339,6 @@ def merge(state: AccountState, response: TokenResponse, now: float) -> AccountSt
         last_error_at=None,
         needs_login=False,
     )
-
-
-def lifetime(state: AccountState) -> float:
-    if state.access and state.last_refresh and state.access.expires_at > state.last_refresh:
-        return state.access.expires_at - state.last_refresh
-    return DEFAULT_LIFETIME
 
 
 def _secret(value: object) -> Secret | None:

@@ -9,15 +9,13 @@ from typing import Any
 
 from freshtoken.config import Account, Config
 from freshtoken.durations import format_duration, humanize
-from freshtoken.errors import FreshtokenError
+from freshtoken.errors import FreshtokenError, StateUnusable
 from freshtoken.fsutil import ensure_dir, probe_writable, resolve_group
 from freshtoken.model import AccountState
 from freshtoken.outputs import all_outputs
-from freshtoken.refresh import apply_seed, lifetime
-from freshtoken.store import STATE_DIR_MODE, StateUnusable, read_state_file
-from freshtoken.timing import effective_margin, token_state
-
-WARN_BEFORE_RT_EXPIRY = 14 * 86400
+from freshtoken.refresh import apply_seed
+from freshtoken.store import STATE_DIR_MODE, read_state_file
+from freshtoken.timing import REFRESH_TOKEN_WARNING, expiring_soon, refresh_margin, token_state
 
 
 class Unusable(ValueError):
@@ -72,7 +70,7 @@ def _describe_one(config: Config, account: Account, state: AccountState, now: fl
         # token: comparing its text with the state's seed would wrongly see a new seed and restart its clock.
         state = apply_seed(account, state, now)
     access = state.access
-    margin = effective_margin(config.margin_for(account), lifetime(state))
+    margin = refresh_margin(config.margin_for(account), state)
     condition = token_state(access.expires_at if access else None, margin, now=now)
     needs_login = state.needs_login or (account.grant == "refresh_token" and state.refresh_token is None)
     if needs_login:
@@ -87,7 +85,7 @@ def _describe_one(config: Config, account: Account, state: AccountState, now: fl
         "refresh_token_obtained_at": state.refresh_token_obtained_at,
         "refresh_token_expires_at": state.refresh_token_expires_at,
         "refresh_token_expires_in": int(rt_left) if rt_left is not None else None,
-        "refresh_token_expiring_soon": rt_left is not None and rt_left < WARN_BEFORE_RT_EXPIRY,
+        "refresh_token_expiring_soon": expiring_soon(state.refresh_token_expires_at, now=now),
         "last_error": state.last_error,
         "last_error_at": state.last_error_at,
         "has_refresh_token": state.refresh_token is not None,
@@ -129,7 +127,7 @@ def render_header(config: Config, daemon: dict[str, Any] | None = None, now: flo
 # ---------------------------------------------------------------- is a daemon running?
 
 PID_FILE = "daemon.pid"  # store.DaemonLock: flock'ed by the running daemon, which wrote its pid there
-HEARTBEAT_FILE = "daemon.heartbeat"  # daemon.HEARTBEAT_FILE: its mtime is the daemon's last heartbeat
+HEARTBEAT_FILE = "daemon.heartbeat"  # the daemon touches it at start and at every heartbeat: its mtime is the last one
 
 
 def daemon_status(state_dir: Path) -> dict[str, Any]:
@@ -302,7 +300,8 @@ def check_config(config: Config) -> str:
             + (f"{format_duration(margin)} before expiry" if margin is not None else "10 % of the lifetime (30s to half) before expiry")
         )
         if account.refresh_token_lifetime:
-            lines.append(f"  refresh token lives {format_duration(account.refresh_token_lifetime)}; warns 14d before")
+            lives, warns = format_duration(account.refresh_token_lifetime), format_duration(REFRESH_TOKEN_WARNING)
+            lines.append(f"  refresh token lives {lives}; warns {warns} before")
         for output in all_outputs(config.token_dir, account):
             group = f" group {output.group}" if output.group is not None else ""
             lines.append(f"  writes {output.path} ({output.format}, {oct(output.mode)[2:].zfill(4)}{group})")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from freshtoken.errors import AlreadyRunning, FreshtokenError, StateWriteError, TemporaryError
+from freshtoken.errors import AlreadyRunning, FreshtokenError, StateUnusable, StateWriteError, TemporaryError
 from freshtoken.fsutil import (
     RESERVE,
     TOKEN_DIR_MODE,
@@ -37,10 +37,6 @@ MAX_STATE_BYTES = 1 << 20  # a state file is ~1 KiB; a bigger one is not ours
 LOCK_TIMEOUT = 120.0  # longer than any one refresh can take (connect + read timeouts, a hook)
 WAKE_SOCKET = "daemon.sock"  # a running daemon listens here for "rescan" (a login or logout just changed the state)
 TOKEN_DIR_LOCK = ".freshtoken-daemon.lock"  # a leading dot: no account's file can be called so
-
-
-class StateUnusable(FreshtokenError):
-    """A stored state this version cannot use (bad JSON, absurd numbers, wrong types). One line, names the file."""
 
 
 def read_state_file(path: Path) -> AccountState:
