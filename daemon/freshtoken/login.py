@@ -37,13 +37,22 @@ from urllib.parse import parse_qsl, urlsplit
 from freshtoken import outputs
 from freshtoken.config import Account, Config
 from freshtoken.durations import humanize
-from freshtoken.errors import ConfigError, FreshtokenError, InvalidGrant, LoginFailed, TemporaryError, TokenUnavailable, UsageError
+from freshtoken.errors import (
+    ConfigError,
+    FreshtokenError,
+    InvalidGrant,
+    LoginFailed,
+    StateUnusable,
+    TemporaryError,
+    TokenUnavailable,
+    UsageError,
+)
 from freshtoken.model import AccountState, TokenResponse
 from freshtoken.oauth import DeviceCode, Timeouts, TokenClient, authorize_url, clean_server_text, make_pkce
 from freshtoken.providers import PRESETS
 from freshtoken.reader import candidate_dirs, find_token_file
 from freshtoken.refresh import Refresher, apply_seed
-from freshtoken.store import StateUnusable, Store
+from freshtoken.store import Store
 
 log = logging.getLogger(__name__)
 
