@@ -184,14 +184,16 @@ def test_a_running_daemon_parks_the_account_after_logout_and_writes_no_token_aga
     daemon = Daemon(config_module.load(path), environ={})
     daemon.scheduler.start(paused=True)
     try:
-        daemon.run_account("demo")
-        assert not daemon.slots["demo"].needs_login
+        daemon.startup()  # the logged-in token is still valid: written out, its refresh planned
+        daemon.step()
+        assert not daemon.snapshot()["demo"].needs_login
         assert run("-c", str(path), "logout", "demo")[0] == 0
 
-        daemon.rescan()
-        daemon.run_account("demo")
-        assert daemon.slots["demo"].needs_login
+        daemon.request_rescan()  # what the wake datagram from logout asks for
+        daemon.step()
+        daemon.step()
+        assert daemon.snapshot()["demo"].needs_login
         assert not (dirs["tokens"] / "demo.token").exists() and not (tmp_path / "extra.env").exists()
     finally:
-        daemon.scheduler.shutdown(wait=False)
+        daemon.close()
         daemon.client.session.close()
