@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from freshtoken import dirs, formats, schema
-from freshtoken.dirs import Defaults
 from freshtoken.errors import ConfigError
 from freshtoken.model import ClientAuth, Grant, OutputFormat, Timeouts
+from freshtoken.schema import Defaults
 
 ADAPTERS = ("yaml", "requests", "urllib3", "apscheduler", "freshtoken.config", "freshtoken.oauth")
 
@@ -81,17 +81,23 @@ def test_schema_takes_the_default_dirs_from_its_caller() -> None:
     assert "token_dir: not set" in str(caught.value) and "/run/user/4242 gives a default" in str(caught.value)
 
 
-def test_dirs_defaults_follow_the_spec_for_any_uid(tmp_path: Path) -> None:
-    """dirs.defaults works out the state and token dirs from the environment, the config's path and the uid it is told."""
-    user = dirs.defaults({"HOME": "/home/u", "XDG_RUNTIME_DIR": "/run/user/1000"}, "/home/u/.config/freshtoken/config.yaml", euid=1000)
-    assert (user.state_dir, user.token_dir) == ("/home/u/.local/state/freshtoken", "/run/user/1000/freshtoken")
-    root = dirs.defaults({"HOME": "/root"}, "/root/freshtoken.yaml", euid=0)
-    assert (root.state_dir, root.token_dir) == ("/var/lib/freshtoken", "/run/freshtoken")
-    system = dirs.defaults({"HOME": "/home/u", "XDG_STATE_HOME": "/xs"}, "/etc/freshtoken/config.yaml", euid=1000)
-    assert (system.state_dir, system.token_dir) == ("/var/lib/freshtoken", "/run/freshtoken")
-    service = dirs.defaults({"STATE_DIRECTORY": "/s1:/s2", "RUNTIME_DIRECTORY": "/r1:/r2"}, "/etc/freshtoken/config.yaml", euid=1000)
-    assert (service.state_dir, service.token_dir) == ("/s1", "/r1")
-    assert dirs.defaults({"HOME": "/home/u"}, None, euid=4242).token_dir is None  # no /run/user/4242 here
+def defaults(environ: dict[str, str], file: str | None, euid: int) -> tuple[str, str | None]:
+    return dirs.default_state_dir(environ, file, euid=euid), dirs.default_token_dir(environ, file, euid=euid)
+
+
+def test_default_dirs_follow_the_spec_for_any_uid() -> None:
+    """dirs works out the default state and token dirs from the environment, the config's path and the uid it is told."""
+    user = {"HOME": "/home/u", "XDG_RUNTIME_DIR": "/run/user/1000"}
+    assert defaults(user, "/home/u/.config/freshtoken/config.yaml", 1000) == (
+        "/home/u/.local/state/freshtoken",
+        "/run/user/1000/freshtoken",
+    )
+    assert defaults({"HOME": "/root"}, "/root/freshtoken.yaml", 0) == ("/var/lib/freshtoken", "/run/freshtoken")
+    system = {"HOME": "/home/u", "XDG_STATE_HOME": "/xs"}
+    assert defaults(system, "/etc/freshtoken/config.yaml", 1000) == ("/var/lib/freshtoken", "/run/freshtoken")
+    service = {"STATE_DIRECTORY": "/s1:/s2", "RUNTIME_DIRECTORY": "/r1:/r2"}
+    assert defaults(service, "/etc/freshtoken/config.yaml", 1000) == ("/s1", "/r1")
+    assert defaults({"HOME": "/home/u"}, None, 4242) == ("/home/u/.local/state/freshtoken", None)  # no /run/user/4242 here
 
 
 def test_parsed_accounts_carry_typed_choices() -> None:

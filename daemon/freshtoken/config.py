@@ -81,7 +81,9 @@ def load(path: Path, environ: Mapping[str, str] | None = None, *, secrets: bool 
 
 def parse(doc: Any, file: str, environ: Mapping[str, str], *, lines: Mapping[str, int] | None = None, lenient: bool = False) -> Config:
     """schema.parse with this process's default dirs (its uid, $HOME, /run/user) for a config at `file`."""
-    return schema.parse(doc, file, environ, defaults=dirs.defaults(environ, file), lines=lines, lenient=lenient)
+    euid = os.geteuid()
+    defaults = schema.Defaults(dirs.default_state_dir(environ, file, euid=euid), dirs.default_token_dir(environ, file, euid=euid), euid)
+    return schema.parse(doc, file, environ, defaults=defaults, lines=lines, lenient=lenient)
 
 
 def read_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:

@@ -1,6 +1,6 @@
 """Where freshtoken's files are: the config's candidates, the default state and token dirs, where `get` looks.
 
-The one owner of these rules: config (through `defaults`), `get` and `login` ask here.
+The one owner of these rules: config (for a config that names no dirs), `get` and `login` ask here.
 Stdlib `os` only, no pathlib or dataclasses: `freshtoken get` imports this module and
 must start about as fast as Python itself.
 """
@@ -93,27 +93,6 @@ def default_state_dir(environ: Mapping[str, str], config_file: str | None = None
     if (os.geteuid() if euid is None else euid) == 0:
         return SYSTEM_STATE_DIR  # beside root's /run/freshtoken token dir, where systemd's StateDirectory= puts it
     return os.path.join(home(environ), ".local/state", "freshtoken")
-
-
-class Defaults:
-    """The dirs a config gets for the keys it leaves out, worked out by the caller so that parsing stays pure.
-
-    `token_dir` is None when nothing gives one; `euid` is only for saying which /run/user dir was missing.
-    """
-
-    __slots__ = ("euid", "state_dir", "token_dir")
-
-    def __init__(self, state_dir: str, token_dir: str | None, euid: int) -> None:
-        self.state_dir, self.token_dir, self.euid = state_dir, token_dir, euid
-
-    def __repr__(self) -> str:
-        return f"Defaults(state_dir={self.state_dir!r}, token_dir={self.token_dir!r}, euid={self.euid})"
-
-
-def defaults(environ: Mapping[str, str], config_file: str | None, *, euid: int | None = None) -> Defaults:
-    """This process's defaults for the config at `config_file` (its path decides for the system config)."""
-    euid = os.geteuid() if euid is None else euid
-    return Defaults(default_state_dir(environ, config_file, euid=euid), default_token_dir(environ, config_file, euid=euid), euid)
 
 
 def token_dir_candidates(environ: Mapping[str, str], explicit: str | None, config_token_dir: str | None) -> list[tuple[str, bool]]:

@@ -17,13 +17,25 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from freshtoken.dirs import TOP_KEYS as TOP_KEYS
-from freshtoken.dirs import Defaults
 from freshtoken.durations import parse_duration
 from freshtoken.errors import ConfigError
 from freshtoken.model import Account, ClientAuth, Config, Grant, Output, OutputFormat, Secret, line_of
 from freshtoken.providers import PRESETS, Preset
 
 E = TypeVar("E", bound=StrEnum)
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """The dirs a config gets for the keys it leaves out, worked out by the caller (config.parse, from dirs).
+
+    `token_dir` is None when nothing gives one; `euid` only says which /run/user dir was missing.
+    """
+
+    state_dir: str
+    token_dir: str | None
+    euid: int
+
 
 # The first character is a letter or digit: freshtoken's own files in the state and token dirs
 # (`.freshtoken-tmp-*`, swept at start-up) start with a dot, so no account's file can look like one.
