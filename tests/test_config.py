@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from freshtoken import config, units
-from freshtoken.config import ACCOUNT_KEYS, OUTPUT_KEYS, TOP_KEYS, Config
 from freshtoken.errors import ConfigError
-from freshtoken.model import Secret
+from freshtoken.model import Config, Secret
+from freshtoken.schema import ACCOUNT_KEYS, OUTPUT_KEYS, TOP_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,7 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from freshtoken import cli, config, reader
+from freshtoken import cli, config, dirs, getcmd
 from freshtoken.errors import ConfigError
 from freshtoken.model import AccessToken, AccountState, Secret
 from freshtoken.status import describe, render_table
@@ -135,11 +135,11 @@ def test_top_level_help_lists_the_exit_codes(capsys: pytest.CaptureFixture[str])
 def test_default_token_dir_uses_run_user_without_xdg_runtime_dir(tmp_path: Path) -> None:
     """Without $XDG_RUNTIME_DIR (cron, su, sudo -u), a user's default token dir is /run/user/$UID/freshtoken when that exists."""
     (tmp_path / "1000").mkdir()
-    assert reader.default_token_dir({}, None, euid=1000, base=str(tmp_path)) == str(tmp_path / "1000" / "freshtoken")
-    assert reader.default_token_dir({}, None, euid=1001, base=str(tmp_path)) is None
-    assert reader.default_token_dir({}, None, euid=0, base=str(tmp_path)) == "/run/freshtoken"
-    assert reader.default_token_dir({"XDG_RUNTIME_DIR": "/x"}, None, euid=1000, base=str(tmp_path)) == "/x/freshtoken"
-    assert reader.default_token_dir({"RUNTIME_DIRECTORY": "/r:/s"}, None, euid=1000, base=str(tmp_path)) == "/r"
+    assert dirs.default_token_dir({}, None, euid=1000, base=str(tmp_path)) == str(tmp_path / "1000" / "freshtoken")
+    assert dirs.default_token_dir({}, None, euid=1001, base=str(tmp_path)) is None
+    assert dirs.default_token_dir({}, None, euid=0, base=str(tmp_path)) == "/run/freshtoken"
+    assert dirs.default_token_dir({"XDG_RUNTIME_DIR": "/x"}, None, euid=1000, base=str(tmp_path)) == "/x/freshtoken"
+    assert dirs.default_token_dir({"RUNTIME_DIRECTORY": "/r:/s"}, None, euid=1000, base=str(tmp_path)) == "/r"
 
 
 def test_the_system_config_means_the_services_dirs() -> None:
@@ -202,7 +202,7 @@ def test_get_config_scanner_reads_plain_configs_like_the_parser(token_dir: str, 
     path = tmp_path / "c.yaml"
     path.write_text(PLAIN.format(token_dir=token_dir))
     environ = {"TOKENS": "/from-env", "SECRET": "s", "XDG_RUNTIME_DIR": str(tmp_path / "xdg"), "HOME": str(tmp_path)}
-    fast = reader.token_dir_from_config(str(path), environ)
+    fast = getcmd.token_dir_from_config(str(path), environ)
     assert fast == (str(tmp_path / "xdg" / "freshtoken") if expected == "XDG" else expected)
     assert fast == str(config.load(path, environ, secrets=False).token_dir)
 
@@ -238,7 +238,7 @@ def test_get_config_scanner_steps_aside_when_unsure(text: str, tmp_path: Path) -
     """Whatever the scanner does not fully understand it leaves to the full parser (None)."""
     path = tmp_path / "c.yaml"
     path.write_bytes(text.encode("utf-8", "surrogateescape"))
-    assert reader.token_dir_from_config(str(path), {"XDG_RUNTIME_DIR": "/x"}) is None
+    assert getcmd.token_dir_from_config(str(path), {"XDG_RUNTIME_DIR": "/x"}) is None
 
 
 dump_values = st.sampled_from(["/run/a", "/srv/t d", "/x:y", "/#x", "/a'b", '/a"b', "/é", "relative", "", None, 5, True, "~", "/a: b"])
@@ -263,7 +263,7 @@ def test_get_config_scanner_agrees_with_the_parser_or_steps_aside(
     path = tmp_path / "dump.yaml"
     path.write_text(yaml.safe_dump(document, default_style=style, default_flow_style=flow, allow_unicode=True))
     environ = {"XDG_RUNTIME_DIR": "/run/user/1000", "HOME": "/home/u"}
-    fast = reader.token_dir_from_config(str(path), environ)
+    fast = getcmd.token_dir_from_config(str(path), environ)
     try:
         parsed = str(config.load(path, environ, secrets=False).token_dir)
     except ConfigError as exc:  # another key is wrong: `get` needs only token_dir, which must not be the culprit

@@ -237,13 +237,20 @@ def test_a_refresh_moves_an_unusable_state_aside_and_starts_from_the_seed(tmp_pa
         {"last_error_at": True},
         {"needs_login": "yes"},
         {"seed": 7},
-        {"extra": [1]},
     ],
 )
 def test_from_json_refuses_absurd_numbers_and_wrong_types(document: dict[str, object]) -> None:
     """AccountState.from_json raises ValueError or TypeError for out-of-range times and mistyped fields."""
     with pytest.raises((ValueError, TypeError)):
         AccountState.from_json(document)
+
+
+def test_from_json_reads_a_state_that_holds_an_extra_key() -> None:
+    """A state file from an older version, with its `extra` object (of any shape), still loads; the key is dropped on the next save."""
+    data = {"refresh_token": "R", "access_token": "A", "expires_at": 1_800_000_000, "extra": [1]}
+    state = AccountState.from_json(data)
+    assert (state.refresh_token, state.access) == (Secret("R"), AccessToken(Secret("A"), "Bearer", 1_800_000_000.0))
+    assert "extra" not in state.to_json()
 
 
 def test_from_json_accepts_what_to_json_writes() -> None:

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "daemon" / "freshtoken"
 # library -> the only module allowed to import it
 OWNERS = {"requests": "oauth", "yaml": "config", "apscheduler": "daemon", "prometheus_client": "metrics", "psycopg": "pgstore"}
 # `freshtoken get` imports these; they must not reach any third-party library
-GET_PATH = ("__init__", "__main__", "cli", "reader", "formats", "model", "durations", "errors")
+GET_PATH = ("__init__", "__main__", "cli", "getcmd", "dirs", "formats", "model", "durations", "errors")
 
 
 def imports_of(module: str) -> set[str]:
@@ -67,10 +67,10 @@ def test_get_path_is_stdlib_at_import_time() -> None:
 
 
 def test_get_config_scanner_knows_every_top_level_key() -> None:
-    """reader's copy of the config's top-level keys (for the yaml-free `get -c`) matches config.TOP_KEYS."""
-    from freshtoken import config, reader
+    """getcmd's copy of the config's top-level keys (for the yaml-free `get -c`) matches config.TOP_KEYS."""
+    from freshtoken import config, getcmd
 
-    assert reader.TOP_KEYS == frozenset(config.TOP_KEYS)
+    assert getcmd.TOP_KEYS == frozenset(config.TOP_KEYS)
 
 
 def test_the_exception_tree_drawn_in_errors_is_the_real_one() -> None:

@@ -148,7 +148,6 @@ def test_spotify_shaped_answer_is_read_leniently(clock: FakeClock) -> None:
     assert result.access.scope == "playlist-modify-private"
     assert result.refresh_token is None  # the caller keeps the old one
     assert result.refresh_token_expires_at == clock.now + 179 * 86400
-    assert result.obtained_at == clock.now
 
 
 # ------------------------------------------------------------------ failure classification

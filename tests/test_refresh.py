@@ -203,7 +203,6 @@ def test_stale_config_seed_does_not_win_after_a_login(
     login = TokenResponse(
         access=AccessToken(Secret("login-access-token"), "Bearer", clock.now + 3600),
         refresh_token=Secret(fresh),
-        obtained_at=clock.now,
     )
     refresher.adopt(account, login)
     assert (refresher.config.token_dir / "demo.token").read_text() == "login-access-token\n"

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     import argparse
     import functools
 
+    from freshtoken.formats import FORMATS
+
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="freshtoken",
@@ -128,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("account", metavar="ACCOUNT", help="the account whose access token to print")
     get.add_argument(
         "--format",
-        choices=("raw", "json", "header", "env"),
+        choices=FORMATS,
         default="raw",
         help="raw: the token alone; json: token, type, expiry and scope; header: `Authorization: Bearer ...`;"
         " env: ACCESS_TOKEN=... (default raw)",
@@ -282,8 +284,10 @@ def _plain_get(argv: list[str]) -> _GetArgs | None:
             account = word
         else:
             return None
+    from freshtoken.formats import FORMATS  # get imports it anyway
+
     fmt = values.get("--format", "raw")
-    if account is None or fmt not in ("raw", "json", "header", "env"):
+    if account is None or fmt not in FORMATS:
         return None
     min_valid = 0
     text = values.get("--min-valid")
@@ -312,7 +316,7 @@ def _silence_stdout() -> None:
 
 
 def cmd_get(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
-    from freshtoken.reader import get, token_dir_from_config
+    from freshtoken.getcmd import get, token_dir_from_config
 
     config_token_dir = None
     if args.config and not args.token_dir:
@@ -563,11 +567,11 @@ def _select_accounts(config: Any, names: Sequence[str]) -> list[Any]:
 
 
 def _make_refresher(config: Any) -> Any:
-    from freshtoken.oauth import Timeouts, TokenClient
+    from freshtoken.oauth import TokenClient
     from freshtoken.refresh import Refresher
     from freshtoken.store import Store
 
-    client = TokenClient(timeouts=Timeouts(config.connect_timeout, config.read_timeout))
+    client = TokenClient(timeouts=config.timeouts)
     return Refresher(config, Store(config.state_dir), client)
 
 

@@ -60,16 +60,17 @@ def add_account(config_path: Path, name: str, *, provider: str, options: Mapping
     Raises UsageError for a bad name, provider, key or a literal secret; ConfigError when the
     file cannot be extended safely or the result would not load (the file is then unchanged).
     """
-    from freshtoken import config
+    from freshtoken.model import Grant
+    from freshtoken.schema import ACCOUNT_KEYS, ACCOUNT_NAME
 
-    if not config.ACCOUNT_NAME.fullmatch(name):
+    if not ACCOUNT_NAME.fullmatch(name):
         raise UsageError(f"{name!r} is not a valid account name: start with a letter or digit, then use letters, digits, '_', '.', '-'")
     from freshtoken.providers import PRESETS
 
     known = [*PRESETS, "generic"]  # read now: presets are plain data that other modules add to
     if provider not in known:
         raise UsageError(f"unknown provider {provider!r} (known: {', '.join(known)})")
-    entry = _entry(provider, options, config.ACCOUNT_KEYS)
+    entry = _entry(provider, options, ACCOUNT_KEYS)
     path = Path(os.path.realpath(config_path))  # a symlinked config (dotfiles) keeps its link: write the target
     with _locked(path) as old:
         if old is None:
@@ -82,7 +83,7 @@ def add_account(config_path: Path, name: str, *, provider: str, options: Mapping
         loaded = _write_validated(path, text, old[1] if old else None, environ)
     notes = _notes(entry, loaded.warnings, name, environ)
     login = f"freshtoken login {name}"
-    if entry.get("grant") == "client_credentials":
+    if entry.get("grant") == Grant.CLIENT_CREDENTIALS:
         login = f"freshtoken refresh {name}   (client_credentials: no login needed)"
     if not _is_default_config(path, environ):
         login = login.replace("freshtoken ", f"freshtoken -c {_shell_word(str(path))} ", 1)
@@ -384,7 +385,7 @@ def default_path(explicit: str | None, environ: Mapping[str, str], *, euid: int 
     /etc/freshtoken/config.yaml (the system service's) for root.
     """
     from freshtoken import config
-    from freshtoken.reader import SYSTEM_CONFIG, is_system_config
+    from freshtoken.dirs import SYSTEM_CONFIG, is_system_config
 
     if explicit:
         return Path(explicit)
@@ -404,6 +405,7 @@ def default_path(explicit: str | None, environ: Mapping[str, str], *, euid: int 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `freshtoken add` (cli.py passes the subcommand's parser)."""
+    from freshtoken.model import ClientAuth
     from freshtoken.providers import PRESETS
 
     parser.description = (
@@ -419,7 +421,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     secret = parser.add_mutually_exclusive_group()
     secret.add_argument("--client-secret-env", metavar="VAR", help="read the client secret from $VAR (written as ${VAR})")
     secret.add_argument("--client-secret-file", metavar="PATH", help="read the client secret from this file, or systemd credential name")
-    parser.add_argument("--client-auth", choices=("basic", "post", "none"), help="how the client authenticates (none: a public client)")
+    parser.add_argument(
+        "--client-auth", choices=[auth.value for auth in ClientAuth], help="how the client authenticates (none: a public client)"
+    )
     parser.add_argument(
         "--scope", action="append", default=[], metavar="S", help="a scope to request (repeat, or give several separated by spaces)"
     )

@@ -35,7 +35,7 @@ from typing import IO, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from freshtoken import outputs
-from freshtoken.config import Account, Config
+from freshtoken.dirs import token_dir_candidates
 from freshtoken.durations import humanize
 from freshtoken.errors import (
     ConfigError,
@@ -47,10 +47,10 @@ from freshtoken.errors import (
     TokenUnavailable,
     UsageError,
 )
-from freshtoken.model import AccountState, TokenResponse
-from freshtoken.oauth import DeviceCode, Timeouts, TokenClient, authorize_url, clean_server_text, make_pkce
+from freshtoken.getcmd import find_token_file
+from freshtoken.model import Account, AccountState, ClientAuth, Config, Grant, TokenResponse
+from freshtoken.oauth import DeviceCode, TokenClient, authorize_url, clean_server_text, make_pkce
 from freshtoken.providers import PRESETS
-from freshtoken.reader import candidate_dirs, find_token_file
 from freshtoken.refresh import Refresher, apply_seed
 from freshtoken.store import Store
 
@@ -158,7 +158,7 @@ def login(
     `opener` opens the URL (default: the desktop's browser, in the background);
     `stdin` is where --manual reads the pasted URL; `environ` decides the `freshtoken get` line shown.
     """
-    if account.grant == "client_credentials":
+    if account.grant == Grant.CLIENT_CREDENTIALS:
         raise UsageError(f"{account.name}: a client_credentials account needs no login")
     if not account.authorize_url:
         raise ConfigError(config.file, f"accounts.{account.name}.authorize_url", "missing: login needs it (or a provider preset)")
@@ -185,7 +185,7 @@ def login(
             )
     own_client = client is None
     if client is None:
-        client = TokenClient(timeouts=Timeouts(config.connect_timeout, config.read_timeout), clock=clock)
+        client = TokenClient(timeouts=config.timeouts, clock=clock)
     flow = _Flow(config, account, client, clock)
     try:
         if manual:
@@ -218,7 +218,7 @@ class _Flow:
         self.clock = clock
         self.state = secrets.token_urlsafe(24)
         # PKCE always for public clients; for confidential ones unless the account says pkce: false.
-        use_pkce = account.client_auth == "none" or account.pkce
+        use_pkce = account.client_auth == ClientAuth.NONE or account.pkce
         self.verifier: str | None = None
         self.challenge: str | None = None
         if use_pkce:
@@ -288,7 +288,7 @@ def device_login(
     drive the polling (tests inject both). Returns 0 or raises a FreshtokenError.
     """
     name = account.name
-    if account.grant == "client_credentials":
+    if account.grant == Grant.CLIENT_CREDENTIALS:
         raise UsageError(f"{name}: a client_credentials account needs no login")
     if not account.device_authorization_url:
         raise ConfigError(
@@ -303,7 +303,7 @@ def device_login(
         )
     own_client = client is None
     if client is None:
-        client = TokenClient(timeouts=Timeouts(config.connect_timeout, config.read_timeout), clock=clock)
+        client = TokenClient(timeouts=config.timeouts, clock=clock)
     try:
         try:
             code = client.device_authorization(account)
@@ -404,7 +404,7 @@ def logout(
     problems: list[str] = []
     own_client = client is None
     if client is None:
-        client = TokenClient(timeouts=Timeouts(config.connect_timeout, config.read_timeout), clock=clock)
+        client = TokenClient(timeouts=config.timeouts, clock=clock)
     try:
         # Under the account lock: a refresh running now would rotate the token we revoke, or write
         # the files we delete; one that waits finds no state and stops at "needs login".
@@ -780,7 +780,7 @@ def get_command(config: Config, account: str, environ: Mapping[str, str]) -> str
     """
     plain = f"freshtoken get {shlex.quote(account)}"
     try:
-        found: str | None = find_token_file(account, candidate_dirs(environ, None, None))
+        found: str | None = find_token_file(account, token_dir_candidates(environ, None, None))
     except TokenUnavailable:
         found = None
     if found is not None and _same_dir(os.path.dirname(found), config.token_dir):

@@ -1,10 +1,20 @@
-"""Value types shared by every layer: secrets that cannot leak through repr, tokens, account state."""
+"""Value types shared by every layer: secrets that cannot leak through repr, tokens, account state,
+and the validated config (accounts, outputs, their enums). Stdlib only: no adapter (yaml, requests) is loaded.
+
+The config's types are built by `schema.parse`; `config` reads the file and hands the document over.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
 from typing import Any
+
+from freshtoken.errors import ConfigError
 
 
 class Secret:
@@ -61,7 +71,6 @@ class TokenResponse:
     access: AccessToken
     refresh_token: Secret | None  # None: the server kept the old one (no rotation)
     refresh_token_expires_at: float | None = None
-    obtained_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +90,6 @@ class AccountState:
     last_error: str | None = None
     last_error_at: float | None = None
     needs_login: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def with_error(self, message: str, now: float, *, needs_login: bool = False) -> AccountState:
         return replace(self, last_error=message, last_error_at=now, needs_login=needs_login or self.needs_login)
@@ -102,7 +110,6 @@ class AccountState:
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "needs_login": self.needs_login,
-            **({"extra": self.extra} if self.extra else {}),
         }
 
     @classmethod
@@ -111,6 +118,7 @@ class AccountState:
 
         Every number is range-checked: a state written by hand, by a newer
         version or by an old bug must not turn into a year-55897 expiry later.
+        Keys it does not know are ignored (older versions could write an `extra` object).
         """
         if not isinstance(data, dict):
             raise ValueError("state is not a JSON object")
@@ -131,9 +139,6 @@ class AccountState:
         needs_login = data.get("needs_login", False)
         if not isinstance(needs_login, bool):
             raise TypeError(f"needs_login is {type(needs_login).__name__}, not true/false")
-        extra = data.get("extra") or {}
-        if not isinstance(extra, dict):
-            raise TypeError("extra is not an object")
         return cls(
             refresh_token=secret_or_none(_opt_str(data, "refresh_token")),
             refresh_token_obtained_at=_opt_time(data, "refresh_token_obtained_at"),
@@ -144,7 +149,6 @@ class AccountState:
             last_error=_opt_str(data, "last_error"),
             last_error_at=_opt_time(data, "last_error_at"),
             needs_login=needs_login,
-            extra=extra,
         )
 
 
@@ -169,3 +173,133 @@ def _opt_time(data: dict[str, Any], key: str) -> float | None:
         shown = f"{value:.6g}" if isinstance(value, float) or abs(value) < 10**30 else "(a huge number)"
         raise ValueError(f"{key} {shown} is out of range")
     return float(value)
+
+
+# ---------------------------------------------------------------- the config's types
+
+
+class Grant(StrEnum):
+    REFRESH_TOKEN = "refresh_token"
+    CLIENT_CREDENTIALS = "client_credentials"
+
+
+class ClientAuth(StrEnum):
+    """How the client authenticates at the token endpoint (RFC 6749 §2.3.1): header, form body, or not at all."""
+
+    BASIC = "basic"
+    POST = "post"
+    NONE = "none"
+
+
+class OutputFormat(StrEnum):
+    """An output file's format; `formats.FORMATS` holds the same names for `get`, which must not import enum."""
+
+    RAW = "raw"
+    JSON = "json"
+    HEADER = "header"
+    ENV = "env"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds to connect, to wait for each read, and for the whole request (connect to last byte).
+
+    `total=None` means connect + read: a server trickling a byte before every
+    read timeout could otherwise hold a worker for hours.
+    """
+
+    connect: float = 10.0
+    read: float = 30.0
+    total: float | None = None
+
+    @property
+    def deadline(self) -> float:
+        return self.total if self.total is not None else self.connect + self.read
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    path: Path
+    format: OutputFormat = OutputFormat.RAW
+    mode: int = 0o640
+    group: str | int | None = None
+    name: str = "ACCESS_TOKEN"  # variable name for the env format
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    name: str
+    token_url: str
+    client_id: str
+    provider: str | None = None
+    authorize_url: str | None = None
+    grant: Grant = Grant.REFRESH_TOKEN
+    client_auth: ClientAuth = ClientAuth.BASIC
+    client_secret: Secret | None = None
+    client_secret_file: str | None = None  # resolved into client_secret by config.load()
+    refresh_token: Secret | None = None
+    scopes: tuple[str, ...] = ()
+    redirect_uri: str = "http://127.0.0.1:8888/callback"
+    pkce: bool = True
+    show_dialog: bool = False
+    refresh_margin: int | None = None
+    outputs: tuple[Output, ...] = ()
+    on_refresh: tuple[str, ...] = ()
+    refresh_token_lifetime: int | None = None
+    authorize_params: tuple[tuple[str, str], ...] = ()  # extra authorization-request parameters, in order
+    device_authorization_url: str | None = None
+    device_login: bool = False  # `login` uses the device flow (RFC 8628) unless told --no-device
+    revocation_url: str | None = None  # RFC 7009, for `logout`
+
+    def secrets(self) -> list[str]:
+        """Every secret this account holds, for redaction checks."""
+        return [s.reveal() for s in (self.client_secret, self.refresh_token) if s]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    file: str
+    state_dir: Path
+    token_dir: Path
+    accounts: dict[str, Account]
+    refresh_margin: int | None = None
+    metrics_listen: tuple[str, int] | None = None
+    workers: int = 4
+    backoff_max: int = 300
+    hook_timeout: int = 30
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    # The shortest time between two refreshes of one account, whatever expires_in the server sends:
+    # a server answering expires_in 1 (or 0.01) must not turn freshtoken into a load generator.
+    min_refresh_interval: float = 10.0
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    # Keys whose ${VAR} was left as written (a lenient load for `status`): their values are not the real ones.
+    unresolved: frozenset[str] = field(default=frozenset(), compare=False)
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def timeouts(self) -> Timeouts:
+        """The token endpoint's timeouts, for every TokenClient made from this config."""
+        return Timeouts(self.connect_timeout, self.read_timeout)
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        """A ConfigError about `key`, pointing at its line (or its nearest parent's) in the file."""
+        return ConfigError(self.file, key, problem, line_of(self.lines, key))
+
+    def margin_for(self, account: Account) -> int | None:
+        return account.refresh_margin if account.refresh_margin is not None else self.refresh_margin
+
+
+_PARENT_KEY = re.compile(r"(\.[^.\[]*|\[\d+\])$")  # accounts.a.outputs[0] -> accounts.a.outputs -> accounts.a
+
+
+def line_of(lines: Mapping[str, int], key: str) -> int | None:
+    """The key's own line, else its nearest parent's (a missing key is missing from its account)."""
+    while key:
+        if key in lines:
+            return lines[key]
+        parent = _PARENT_KEY.sub("", key)
+        if parent == key:
+            break
+        key = parent
+    return None

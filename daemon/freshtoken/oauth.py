@@ -31,9 +31,9 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from freshtoken import __version__
-from freshtoken.config import Account
 from freshtoken.errors import InvalidGrant, MalformedAnswer, RefreshFailed, TemporaryError
-from freshtoken.model import AccessToken, Secret, TokenResponse
+from freshtoken.model import AccessToken, Account, ClientAuth, Secret, TokenResponse
+from freshtoken.model import Timeouts as Timeouts  # here since before model held it: pacing and daemon import it from oauth
 from freshtoken.timing import parse_retry_after, retry_after_capped
 
 log = logging.getLogger(__name__)
@@ -62,23 +62,6 @@ MAX_LIFETIME = 365 * 86400  # an access token said to live longer is a unit mist
 MAX_REFRESH_LIFETIME = 10 * 365 * 86400
 MAX_ANSWER = 1024 * 1024  # a token answer is a few KB; the cap holds for the raw and the decoded body
 _PIECE = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Seconds to connect, to wait for each read, and for the whole request (connect to last byte).
-
-    `total=None` means connect + read: a server trickling a byte before every
-    read timeout could otherwise hold a worker for hours.
-    """
-
-    connect: float = 10.0
-    read: float = 30.0
-    total: float | None = None
-
-    @property
-    def deadline(self) -> float:
-        return self.total if self.total is not None else self.connect + self.read
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +108,7 @@ class TokenClient:
     def __init__(
         self,
         session: requests.Session | None = None,
-        timeouts: Timeouts = Timeouts(),
+        timeouts: Timeouts = Timeouts(),  # noqa: B008  # frozen: one shared default is safe
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.session = session or make_session()
@@ -224,16 +207,16 @@ class TokenClient:
         form = dict(form)
         secret = account.client_secret.reveal() if account.client_secret else None
         hidden = [s.reveal() for s in secrets_in_play] + account.secrets()
-        if account.client_auth == "basic" and secret is not None:
+        if account.client_auth == ClientAuth.BASIC and secret is not None:
             # RFC 6749 §2.3.1: form-encode id and secret before base64.
-            pair = f"{quote_plus(account.client_id or '')}:{quote_plus(secret)}"
+            pair = f"{quote_plus(account.client_id)}:{quote_plus(secret)}"
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
-            hidden += [headers["Authorization"][6:], base64.b64encode(f"{account.client_id or ''}:{secret}".encode()).decode()]
-        elif account.client_auth == "post" and secret is not None and not basic_only:
-            form["client_id"] = account.client_id or ""
+            hidden += [headers["Authorization"][6:], base64.b64encode(f"{account.client_id}:{secret}".encode()).decode()]
+        elif account.client_auth == ClientAuth.POST and secret is not None and not basic_only:
+            form["client_id"] = account.client_id
             form["client_secret"] = secret
         else:
-            form["client_id"] = account.client_id or ""
+            form["client_id"] = account.client_id
         host = _host(url)
         started = self.clock()
         watch = _WATCHDOG.start(self.timeouts.deadline)
@@ -409,7 +392,6 @@ def parse_token_response(body: dict[str, Any], *, now: float, hidden: Iterable[s
         ),
         refresh_token=rotated,
         refresh_token_expires_at=now + rt_lifetime if rt_lifetime is not None else None,
-        obtained_at=now,
     )
 
 
@@ -445,7 +427,7 @@ def authorize_url(account: Account, redirect_uri: str, state: str, code_challeng
     """The URL the user opens; built locally, no request to the provider."""
     if not account.authorize_url:
         raise RefreshFailed(f"{account.name}: no authorize_url (set it, or use a provider preset)")
-    params = {"response_type": "code", "client_id": account.client_id or "", "redirect_uri": redirect_uri, "state": state}
+    params = {"response_type": "code", "client_id": account.client_id, "redirect_uri": redirect_uri, "state": state}
     params.update(account.authorize_params)  # e.g. Google's access_type=offline, prompt=consent (config refuses our own names)
     if account.scopes:
         params["scope"] = " ".join(account.scopes)

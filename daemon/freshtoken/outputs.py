@@ -7,11 +7,10 @@ import os
 import threading
 from pathlib import Path
 
-from freshtoken.config import Account, Output
 from freshtoken.errors import OutputError as OutputError  # re-exported: callers catch outputs.OutputError
 from freshtoken.formats import render
 from freshtoken.fsutil import TOKEN_DIR_MODE, Owner, atomic_write, ensure_dir, owner_as_root
-from freshtoken.model import AccessToken
+from freshtoken.model import AccessToken, Account, Output, OutputFormat
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +28,8 @@ def all_outputs(token_dir: Path, account: Account) -> list[Output]:
     token_file, json_file = token_paths(token_dir, account.name)
     return [
         # JSON first: `get` reads only the .json, so it sees the new token as early as possible.
-        Output(path=json_file, format="json", mode=TOKEN_FILE_MODE),
-        Output(path=token_file, format="raw", mode=TOKEN_FILE_MODE),
+        Output(path=json_file, format=OutputFormat.JSON, mode=TOKEN_FILE_MODE),
+        Output(path=token_file, format=OutputFormat.RAW, mode=TOKEN_FILE_MODE),
         *account.outputs,
     ]
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from freshtoken.model import ClientAuth
+
 
 @dataclass(frozen=True, slots=True)
 class Preset:
     token_url: str
     authorize_url: str | None
-    client_auth: str
+    client_auth: ClientAuth
     refresh_token_lifetime: int | None  # seconds, when the provider documents one
     revocation_url: str | None = None  # an RFC 7009 endpoint, used by `freshtoken logout`
     device_authorization_url: str | None = None  # RFC 8628 §3.1
@@ -32,7 +34,7 @@ PRESETS: dict[str, Preset] = {
     "spotify": Preset(
         token_url="https://accounts.spotify.com/api/token",
         authorize_url="https://accounts.spotify.com/authorize",
-        client_auth="basic",
+        client_auth=ClientAuth.BASIC,
         refresh_token_lifetime=180 * 86400,
     ),
     # Microsoft identity platform (Entra ID) v2 endpoints.
@@ -50,7 +52,7 @@ PRESETS: dict[str, Preset] = {
         token_url="https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
         authorize_url="https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize",
         device_authorization_url="https://login.microsoftonline.com/{tenant}/oauth2/v2.0/devicecode",
-        client_auth="none",
+        client_auth=ClientAuth.NONE,
         refresh_token_lifetime=None,
         default_tenant="common",
         added_scopes=("offline_access",),
@@ -70,7 +72,7 @@ PRESETS: dict[str, Preset] = {
         authorize_url="https://accounts.google.com/o/oauth2/v2/auth",
         device_authorization_url="https://oauth2.googleapis.com/device/code",
         revocation_url="https://oauth2.googleapis.com/revoke",
-        client_auth="post",
+        client_auth=ClientAuth.POST,
         refresh_token_lifetime=None,
         authorize_params=(("access_type", "offline"), ("prompt", "consent")),
         device_refused_scopes=("https://mail.google.com/",),
@@ -94,7 +96,7 @@ PRESETS: dict[str, Preset] = {
         token_url="https://github.com/login/oauth/access_token",
         authorize_url="https://github.com/login/oauth/authorize",
         device_authorization_url="https://github.com/login/device/code",
-        client_auth="post",
+        client_auth=ClientAuth.POST,
         refresh_token_lifetime=None,
     ),
 }

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import time
 
+from freshtoken.dirs import TOP_KEYS as CONFIG_KEYS
+from freshtoken.dirs import default_token_dir, token_dir_candidates
 from freshtoken.errors import TokenUnavailable, UsageError
 from freshtoken.formats import render_values
 
@@ -16,56 +18,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-SYSTEM_TOKEN_DIR = "/run/freshtoken"
-SYSTEM_STATE_DIR = "/var/lib/freshtoken"
-SYSTEM_CONFIG = "/etc/freshtoken/config.yaml"
-USER_RUNTIME = "/run/user"  # where logind makes each user's $XDG_RUNTIME_DIR; it exists without a session too (lingering)
 MAX_TOKEN_FILE = 4 << 20  # a token file is a few KB (the daemon takes answers up to 1 MiB); more is not ours
-
-
-def is_system_config(file: str | None) -> bool:
-    """True for /etc/freshtoken/config.yaml: the system service's config, whose dirs are systemd's."""
-    return file is not None and os.path.abspath(file) == SYSTEM_CONFIG
-
-
-def user_runtime_dir(environ: Mapping[str, str], *, euid: int | None = None, base: str = USER_RUNTIME) -> str | None:
-    """$XDG_RUNTIME_DIR, else /run/user/$UID when it exists (cron, su and sudo -u do not set the variable)."""
-    if environ.get("XDG_RUNTIME_DIR"):
-        return environ["XDG_RUNTIME_DIR"]
-    euid = os.geteuid() if euid is None else euid
-    candidate = os.path.join(base, str(euid))
-    return candidate if euid != 0 and os.path.isdir(candidate) else None
-
-
-def default_token_dir(
-    environ: Mapping[str, str], config_file: str | None = None, *, euid: int | None = None, base: str = USER_RUNTIME
-) -> str | None:
-    """The token dir of a config that sets no token_dir; None when nothing gives one."""
-    runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]  # systemd: a colon-separated list; ours is first
-    if runtime:
-        return runtime
-    if is_system_config(config_file):
-        return SYSTEM_TOKEN_DIR  # where the service's RuntimeDirectory= is, whoever reads it
-    user = user_runtime_dir(environ, euid=euid, base=base)
-    if user:
-        return os.path.join(user, "freshtoken")
-    if (os.geteuid() if euid is None else euid) == 0:
-        return SYSTEM_TOKEN_DIR
-    return None
-
-
-def candidate_dirs(environ: Mapping[str, str], explicit: str | None, config_token_dir: str | None) -> list[tuple[str, bool]]:
-    """(dir, decisive) in the SPEC's order; a decisive dir is used even if the account is missing there."""
-    runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]  # systemd: a colon-separated list; ours is first
-    for value in (explicit, environ.get("FRESHTOKEN_TOKEN_DIR"), runtime, config_token_dir):
-        if value:
-            return [(value, True)]
-    dirs = []
-    user = user_runtime_dir(environ)
-    if user:
-        dirs.append((os.path.join(user, "freshtoken"), False))
-    dirs.append((SYSTEM_TOKEN_DIR, False))
-    return dirs
 
 
 def find_token_file(account: str, dirs: list[tuple[str, bool]]) -> str:
@@ -162,7 +115,7 @@ def get(
     now = time.time() if now is None else now
     if not (account[:1].isalnum() and account.isascii() and all(c.isalnum() or c in "_.-" for c in account)):
         raise UsageError(f"{account!r} is not an account name (a letter or digit, then letters, digits, '_', '.' and '-')")
-    path = find_token_file(account, candidate_dirs(environ, token_dir, config_token_dir))
+    path = find_token_file(account, token_dir_candidates(environ, token_dir, config_token_dir))
     value, token_type, expires_at, scope = read_token(path, account)
     left = expires_at - now
     if left <= 0 or left < min_valid:
@@ -174,22 +127,7 @@ def get(
     return render_values(fmt, value, token_type, expires_at, scope, account)
 
 
-# The config's top-level keys (config.TOP_KEYS; a test keeps the two equal). Another key makes the scanner unsure.
-TOP_KEYS = frozenset(
-    (
-        "state_dir",
-        "token_dir",
-        "refresh_margin",
-        "metrics_listen",
-        "workers",
-        "backoff_max",
-        "hook_timeout",
-        "connect_timeout",
-        "read_timeout",
-        "min_refresh_interval",
-        "accounts",
-    )
-)
+TOP_KEYS = frozenset(CONFIG_KEYS)  # the config's top-level keys; another key makes the scanner unsure
 # Line breaks str.split("\n") and YAML disagree about (a lone CR; NEL, LS, PS in YAML 1.1), a BOM, and
 # tabs: a file holding one is left to the full parser.
 _UNSURE_CHARS = "\r\x85\u2028\u2029\ufeff\t"
@@ -266,7 +204,7 @@ def _strip_comment(line: str) -> str | None:
 
 
 def _expand(value: str, environ: Mapping[str, str]) -> str | None:
-    """${VAR} expanded as config.py does it; None for anything it would refuse or leave as written."""
+    """${VAR} expanded as schema.py does it; None for anything it would refuse or leave as written."""
     out = []
     rest = value
     while "${" in rest:
