@@ -45,13 +45,12 @@ from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from freshtoken import systemd
-from freshtoken.config import Account, Config
 from freshtoken.durations import humanize
 from freshtoken.errors import ConfigError, FreshtokenError, RefreshFailed, TemporaryError
 from freshtoken.fsutil import clean_stale_temps
 from freshtoken.hooks import run_hook
-from freshtoken.model import AccountState
-from freshtoken.oauth import Timeouts, TokenClient, make_session
+from freshtoken.model import Account, AccountState, Config
+from freshtoken.oauth import TokenClient, make_session
 from freshtoken.pacing import PacedTokenClient
 from freshtoken.refresh import Refresher
 from freshtoken.status import HEARTBEAT_FILE
@@ -152,9 +151,7 @@ class Daemon:
         self.rng = rng or random.Random()
         self.environ = environ
         self.store = Store(config.state_dir)
-        self.client = client or PacedTokenClient(
-            make_session(pool_size=config.workers), Timeouts(config.connect_timeout, config.read_timeout), clock
-        )
+        self.client = client or PacedTokenClient(make_session(pool_size=config.workers), config.timeouts, clock)
         self.refresher = Refresher(config, self.store, self.client, clock=clock, hook_runner=self._run_hook_detached)
         self.heartbeat = min(heartbeat, systemd.watchdog_interval(environ) or heartbeat)
         self.scheduler = BackgroundScheduler(
@@ -637,7 +634,7 @@ class Daemon:
         old = self.config
         self.config = new
         self.refresher.config = new
-        self.client.timeouts = Timeouts(new.connect_timeout, new.read_timeout)
+        self.client.timeouts = new.timeouts
         for name in [n for n in self._tracks if n not in new.accounts]:
             gone = self._tracks.pop(name)
             del self._views[name]

@@ -18,9 +18,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from freshtoken.config import Account
 from freshtoken.errors import TemporaryError
-from freshtoken.model import Secret, TokenResponse
+from freshtoken.model import Account, Secret, TokenResponse
 from freshtoken.oauth import Timeouts, TokenClient
 
 if TYPE_CHECKING:
@@ -132,7 +131,7 @@ class PacedTokenClient(TokenClient):
     def limiter(self, account: Account) -> RateLimiter:
         """The limiter shared by every account of this token endpoint (scheme, host, port and path) and client id."""
         parts = urlsplit(account.token_url or "")
-        key = (f"{parts.scheme}://{parts.netloc}".lower(), parts.path or "/", account.client_id or "")
+        key = (f"{parts.scheme}://{parts.netloc}".lower(), parts.path or "/", account.client_id)
         with self._limiters_lock:
             limiter = self._limiters.get(key)
             if limiter is None:

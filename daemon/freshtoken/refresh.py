@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from freshtoken import outputs
-from freshtoken.config import Account, Config
 from freshtoken.errors import (
     FreshtokenError,
     InvalidGrant,
@@ -29,7 +28,7 @@ from freshtoken.errors import (
 from freshtoken.formats import check_token
 from freshtoken.fsutil import PendingWrite
 from freshtoken.hooks import run_hook
-from freshtoken.model import AccessToken, AccountState, Secret, TokenResponse
+from freshtoken.model import AccessToken, Account, AccountState, Config, Grant, Secret, TokenResponse
 from freshtoken.oauth import TokenClient
 from freshtoken.store import Store
 from freshtoken.timing import refresh_margin, skip_threshold
@@ -204,7 +203,7 @@ class Refresher:
 
     def _check_grantable(self, account: Account, state: AccountState, now: float) -> None:
         """InvalidGrant, without a request, for an account that needs a login first."""
-        if account.grant == "client_credentials":
+        if account.grant == Grant.CLIENT_CREDENTIALS:
             return
         if state.needs_login:
             raise InvalidGrant(f"needs a new login ({state.last_error or 'refresh token refused'}); {login_hint(account.name)}")
@@ -214,7 +213,7 @@ class Refresher:
             raise InvalidGrant(message)
 
     def _grant(self, account: Account, state: AccountState) -> TokenResponse:
-        if account.grant == "client_credentials" or state.refresh_token is None:  # None: client_credentials only
+        if account.grant == Grant.CLIENT_CREDENTIALS or state.refresh_token is None:  # None: client_credentials only
             return self.client.client_credentials(account)
         return self.client.refresh(account, state.refresh_token)
 
@@ -229,7 +228,7 @@ class Refresher:
 
     def adopt(self, account: Account, response: TokenResponse) -> AccountState:
         """Store the result of a login (code exchange) as the account's new grant, then write outputs."""
-        if response.refresh_token is None and account.grant == "refresh_token":
+        if response.refresh_token is None and account.grant == Grant.REFRESH_TOKEN:
             raise RefreshFailed("the server gave no refresh token (check scopes such as offline_access)")
         with self.store.locked(account.name):
             old = self.store.load_for_update(account.name)
@@ -309,7 +308,7 @@ class Refresher:
 def apply_seed(account: Account, state: AccountState, now: float) -> AccountState:
     """A refresh_token in the config that differs from the one the state was seeded from wins."""
     seed = account.refresh_token
-    if account.grant != "refresh_token" or seed is None or state.seed == seed.fingerprint():
+    if account.grant != Grant.REFRESH_TOKEN or seed is None or state.seed == seed.fingerprint():
         return state
     if state.refresh_token == seed:
         return replace(state, seed=seed.fingerprint())

@@ -7,11 +7,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from freshtoken.config import Account, Config
 from freshtoken.durations import format_duration, humanize
 from freshtoken.errors import FreshtokenError, StateUnusable
 from freshtoken.fsutil import ensure_dir, probe_writable, resolve_group
-from freshtoken.model import AccountState
+from freshtoken.model import Account, AccountState, Config, Grant
 from freshtoken.outputs import all_outputs
 from freshtoken.refresh import apply_seed
 from freshtoken.store import STATE_DIR_MODE, read_state_file
@@ -72,7 +71,7 @@ def _describe_one(config: Config, account: Account, state: AccountState, now: fl
     access = state.access
     margin = refresh_margin(config.margin_for(account), state)
     condition = token_state(access.expires_at if access else None, margin, now=now)
-    needs_login = state.needs_login or (account.grant == "refresh_token" and state.refresh_token is None)
+    needs_login = state.needs_login or (account.grant == Grant.REFRESH_TOKEN and state.refresh_token is None)
     if needs_login:
         condition = "needs-login"
     rt_left = state.refresh_token_expires_at - now if state.refresh_token_expires_at else None
@@ -293,7 +292,7 @@ def check_config(config: Config) -> str:
         lines.append("")
         lines.append(f"account {account.name}")
         lines.append(f"  {account.grant} grant at {public_url(account.token_url)} (client {account.client_id}, auth {account.client_auth})")
-        if account.grant == "refresh_token" and account.authorize_url:
+        if account.grant == Grant.REFRESH_TOKEN and account.authorize_url:
             lines.append(f"  login at {public_url(account.authorize_url)} (redirect {public_url(account.redirect_uri)})")
         lines.append(
             "  refresh "
