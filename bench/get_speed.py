@@ -238,7 +238,7 @@ def main() -> int:
         "",
         f"**get / python = {script_ratio:.2f}x** for the console script ({module_ratio:.2f}x for `python -m freshtoken`); "
         f"the goal (<= 2x) {verdict}.",
-        f"**get -c CONFIG / python = {config_ratio:.2f}x** (a README-like config, token_dir read by reader.py's line scanner); "
+        f"**get -c CONFIG / python = {config_ratio:.2f}x** (a README-like config, token_dir read by getcmd.py's line scanner); "
         f"the goal (<= 3x) {config_verdict}.",
         "",
         "pip's console script imports `re` before it calls freshtoken (see `python -c 'import re'`): most of the gap",
