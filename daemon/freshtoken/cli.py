@@ -171,7 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write the systemd unit with ExecStart= naming this install's freshtoken command, the sysusers snippet"
         " and, unless one exists, a config (the example, reading the client secret from a file). Units are replaced,"
         " a config never. As root on the live system it also runs `systemd-sysusers` and `systemctl daemon-reload`;"
-        " then it prints the remaining steps.",
+        " then it prints the remaining steps. The system unit hides /home, /root, /run/user and /tmp (ProtectHome=,"
+        " PrivateTmp=) and runs as the freshtoken user: when this install's command, its Python or its package is"
+        " there, or not executable by other users, the service would fail with status=203/EXEC, so install-systemd"
+        " refuses (exit 1) and says how to install where the service can reach it; with --force or --root DIR it"
+        " writes the unit and warns.",
     )
     install.add_argument(
         "--user", action="store_true", help="a user service (~/.config/systemd/user, ~/.config/freshtoken) instead of the system one"
@@ -180,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--root",
         metavar="DIR",
         help="write under DIR instead of / (with --user: instead of $HOME), e.g. an image being built; runs no systemd tool",
+    )
+    install.add_argument(
+        "--force",
+        action="store_true",
+        help="write the system unit even though the service cannot run this install's command (see above); a warning instead",
     )
 
     demo = sub.add_parser("demo", help="the daemon against a built-in loopback authorization server")
@@ -361,7 +370,10 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str
 
     from freshtoken.status import daemon_status, describe, render_header, render_table
 
-    config = _load_config(args, environ, secrets=False)
+    config = _load_config(args, environ, secrets=False, optional_token_dir=True)
+    for warning in config.warnings:
+        if "token_dir" in config.unresolved and ": token_dir: " in warning:
+            print(f"warning: {warning}", file=err)
     rows = describe(config)
     daemon = daemon_status(config.state_dir)
     if args.json:
@@ -370,7 +382,8 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str
     else:
         print(render_header(config, daemon), file=out)
         print(render_table(rows), file=out)
-    # A row that could not be described is a failure a script should see; expired or needs-login rows are answers.
+    # A row that could not be described is a failure a script should see; expired or needs-login rows are answers,
+    # and so are rows a reader of the system install could only describe from the token file.
     return 1 if any(row["state"] == "error" for row in rows) else 0
 
 
@@ -464,6 +477,15 @@ def cmd_install_systemd(args: argparse.Namespace, environ: Mapping[str, str], ou
 
     try:
         exec_start = units.default_exec_start()
+    except LookupError as exc:
+        raise FreshtokenError(str(exc)) from None
+    problem = None if args.user else units.unreachable(exec_start)
+    if problem is not None and args.root is None and not args.force:
+        raise FreshtokenError(
+            f"the system unit could not run {exec_start} (status=203/EXEC): {problem}; nothing was written."
+            f" {units.REACHABLE_INSTALL[0].upper()}{units.REACHABLE_INSTALL[1:]} (--force writes the unit anyway)"
+        )
+    try:
         done = units.install_units(root, exec_start=exec_start, user=args.user, create_user=create_user if live else None)
     except LookupError as exc:
         raise FreshtokenError(str(exc)) from None
@@ -472,11 +494,38 @@ def cmd_install_systemd(args: argparse.Namespace, environ: Mapping[str, str], ou
         raise FreshtokenError(f"cannot write {exc.filename}: permission denied ({hint})") from None
     for item in done:
         print(item, file=out)
+    if problem is not None:
+        print(
+            f"warning: the system unit cannot run {exec_start} (it would fail with status=203/EXEC): {problem}; {units.REACHABLE_INSTALL}",
+            file=out,
+        )
     reloaded = False
     if live and shutil.which("systemctl"):
         reloaded = _run_tool(out, "systemctl", "daemon-reload")
     print(_next_steps(done[-1].path, exec_start, user=args.user, live=live, reloaded=reloaded), file=out)
     return 0
+
+
+def _config_access(config: Any, live: bool) -> list[str]:
+    """The commands that let the service's group read the system config, if it cannot yet: none when it is 0640-ish root:freshtoken.
+
+    Under --root the group of the host is not the image's: there the config is always named by its path on the target system.
+    """
+    import grp
+    import stat
+
+    target = "/etc/freshtoken/config.yaml"
+    if not live:
+        return [f"chgrp freshtoken {target}"]
+    info = config.stat()
+    try:
+        group_ok = grp.getgrgid(info.st_gid).gr_name == "freshtoken"
+    except KeyError:
+        group_ok = False
+    commands = [] if group_ok else [f"chgrp freshtoken {target}"]
+    if not info.st_mode & stat.S_IRGRP:
+        commands.append(f"chmod g+r {target}")
+    return commands
 
 
 def _run_tool(out: IO[str], *argv: str) -> bool:
@@ -499,8 +548,12 @@ def _next_steps(config: Any, exec_start: str, *, user: bool, live: bool, reloade
     command = shlex.quote(exec_start)
     systemctl = "systemctl --user" if user else "systemctl"
     steps = []
+    access = [] if user else _config_access(config, live)
     if not user and not live:
-        steps.append(["create the freshtoken user and group (on the system that runs it): systemd-sysusers"])
+        steps.append(["create the freshtoken user and group, and give it the config (on the system that runs it):", "  systemd-sysusers"])
+        steps[-1] += [f"  {line}" for line in access]
+    elif access:
+        steps.append(["let the service (group freshtoken) read its config:", *(f"  {line}" for line in access)])
     steps.append([f"edit {config}: client_id and scopes (leave state_dir and token_dir to the unit)"])
     steps.append(
         [
