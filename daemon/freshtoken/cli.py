@@ -27,13 +27,98 @@ EXIT_CODES = """\
 exit codes:
   0    success
   1    failed: the server refused (e.g. invalid_grant: log in again), a rotated refresh token could
-       not be saved, no valid token (get), login failed, another daemon holds the state dir,
-       an account's state cannot be read (status)
-  2    bad command line (unknown option or account)
+       not be saved, no valid token (get, also for an account it has no file for), login failed,
+       another daemon holds the state dir, an account's state cannot be read (status)
+  2    bad command line (unknown option; an account not in the config, except for get)
   75   temporary, try again later: network, timeout, HTTP 5xx or 429, or the state dir cannot be
        written (full disk, permissions; the message names the path)
   78   config error: the message names the file, the line, the key and the problem
-  130  interrupted (Ctrl-C)"""
+  130  interrupted (Ctrl-C)
+`freshtoken help exit-codes` lists them per command; `freshtoken COMMAND --help` shows one command's."""
+
+_CONFIG = "config error: the message names the file, the line, the key and the problem"
+_TEMPORARY = "temporary, try again later: network, timeout, HTTP 5xx or 429, or the state dir cannot be written"
+_USAGE = "bad command line: unknown option, or an account not in the config"
+# What each command exits with: the one place that says it, for its --help and `freshtoken help exit-codes`.
+COMMAND_EXITS: dict[str, tuple[tuple[int, str], ...]] = {
+    "run": (
+        (0, "stopped by SIGTERM or SIGINT"),
+        (1, "another daemon holds the state dir"),
+        (2, "bad command line"),
+        (78, _CONFIG + "; also a state or token dir it cannot write"),
+    ),
+    "login": (
+        (0, "logged in: the refresh token is stored"),
+        (1, "login failed: denied, timed out, or the server refused the code"),
+        (2, _USAGE),
+        (75, _TEMPORARY),
+        (78, _CONFIG),
+        (130, "interrupted (Ctrl-C): nothing was stored"),
+    ),
+    "logout": (
+        (0, "logged out"),
+        (1, "logged out here, but the revocation failed or a file could not be deleted"),
+        (2, _USAGE),
+        (75, "the state dir cannot be written"),
+        (78, _CONFIG),
+    ),
+    "refresh": (
+        (0, "every account refreshed, or still valid"),
+        (1, "the server refused (e.g. invalid_grant: log in again), or a rotated refresh token could not be saved"),
+        (2, _USAGE),
+        (75, _TEMPORARY),
+        (78, _CONFIG),
+    ),
+    "get": (
+        (0, "the token was printed"),
+        (
+            1,
+            "no valid token: no ACCOUNT.json where get looks (get reads no config, so also an unknown account),"
+            " expired, valid for less than --min-valid, or not readable (the message says which group to join)",
+        ),
+        (2, "bad command line: unknown option, or not an account name"),
+        (78, "-c CONFIG: " + _CONFIG),
+    ),
+    "status": (
+        (0, "every account described (needs-login, expired, or from the token file only, are answers)"),
+        (1, "an account's state cannot be read (its row says why)"),
+        (2, "bad command line"),
+        (78, _CONFIG),
+    ),
+    "check-config": ((0, "the config is OK"), (2, "bad command line"), (78, _CONFIG + "; also a directory it cannot write")),
+    "add": (
+        (0, "added"),
+        (1, "the file cannot be read or written (nothing was changed)"),
+        (2, "bad command line: a bad account name, provider or key, or a literal secret"),
+        (78, "the file cannot be extended safely, or would not load with the account (nothing was changed)"),
+    ),
+    "install-systemd": (
+        (0, "written"),
+        (1, "a file cannot be written, or the system unit could not run this install's command (nothing was written)"),
+        (2, "bad command line"),
+    ),
+    "demo": ((0, "stopped (--duration, or Ctrl-C)"), (2, "bad command line")),
+    "help": ((0, "printed"), (2, "an unknown topic")),
+}
+
+
+def exit_codes(command: str) -> str:
+    """The `exit codes:` block of one command's --help."""
+    import textwrap
+
+    lines = ["exit codes:"]
+    for code, meaning in COMMAND_EXITS[command]:
+        lines.append(textwrap.fill(meaning, 100, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7))
+    return "\n".join(lines)
+
+
+def all_exit_codes() -> str:
+    """`freshtoken help exit-codes`: the general table, then each command's."""
+    parts = [EXIT_CODES.rpartition("\n")[0]]
+    for command in COMMAND_EXITS:
+        parts.append(exit_codes(command).replace("exit codes:", f"freshtoken {command}:", 1))
+    return "\n\n".join(parts)
+
 
 GET_LOOKS = """\
 where get looks: --token-dir DIR, else $FRESHTOKEN_TOKEN_DIR, else $RUNTIME_DIRECTORY, else the token_dir of
@@ -43,7 +128,6 @@ get reads only the token file ACCOUNT.json there: no network, no state, no secre
 
 def build_parser() -> argparse.ArgumentParser:
     import argparse
-    import functools
 
     from freshtoken.formats import FORMATS
 
@@ -80,7 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS, help="plain or json log lines (default: see `freshtoken --help`)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser = functools.partial(sub.add_parser, parents=[common], epilog=EXIT_CODES, formatter_class=formatter)  # type: ignore[method-assign]
+    plain_add_parser = sub.add_parser
+
+    def add_parser(name: str, **options: Any) -> argparse.ArgumentParser:
+        # Each command's help ends with its own exit codes (get exits 1 for an account it has no file for, others 2).
+        epilog = options.pop("epilog", None)
+        options["epilog"] = f"{epilog}\n\n{exit_codes(name)}" if epilog else exit_codes(name)
+        return plain_add_parser(name, parents=[common], formatter_class=formatter, **options)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     sub.add_parser(
         "run",
@@ -126,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     refresh.add_argument("accounts", nargs="*", metavar="ACCOUNT", help="accounts to refresh (default: all of them)")
     refresh.add_argument("--if-needed", action="store_true", help="only accounts whose token is inside the refresh margin")
 
-    get = sub.add_parser("get", help="print the current token (reads only the token dir)", epilog=GET_LOOKS + "\n\n" + EXIT_CODES)
+    get = sub.add_parser("get", help="print the current token (reads only the token dir)", epilog=GET_LOOKS)
     get.add_argument("account", metavar="ACCOUNT", help="the account whose access token to print")
     get.add_argument(
         "--format",
@@ -190,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write the system unit even though the service cannot run this install's command (see above); a warning instead",
     )
+
+    help_command = sub.add_parser(
+        "help",
+        help="print the exit codes of every command, or one command's help",
+        description="`freshtoken help exit-codes` prints what each command exits with; `freshtoken help COMMAND` is"
+        " `freshtoken COMMAND --help`; `freshtoken help` alone is `freshtoken --help`.",
+    )
+    help_command.add_argument("topic", nargs="?", metavar="TOPIC", help="exit-codes, or a command's name")
 
     demo = sub.add_parser("demo", help="the daemon against a built-in loopback authorization server")
     demo.add_argument("--duration", type=_duration, default=None, metavar="D", help="stop after this long (default: until Ctrl-C)")
@@ -453,6 +553,22 @@ def cmd_add(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], 
     return run_add(args, environ, out, err)
 
 
+def cmd_help(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
+    import argparse
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if args.topic is None:
+        parser.print_help(out)
+    elif args.topic in ("exit-codes", "exit-code", "exit"):
+        print(all_exit_codes(), file=out)
+    elif args.topic in commands:
+        commands[args.topic].print_help(out)
+    else:
+        raise UsageError(f"no help on {args.topic!r}: give exit-codes or one of {', '.join(commands)}")
+    return 0
+
+
 def cmd_install_systemd(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
     import shutil
     from pathlib import Path
@@ -597,6 +713,7 @@ COMMANDS: dict[str, Any] = {
     "demo": cmd_demo,
     "add": cmd_add,
     "install-systemd": cmd_install_systemd,
+    "help": cmd_help,
 }
 
 
