@@ -88,9 +88,9 @@ def example_config(secret_file: str) -> str:
     return text.replace(_SECRET_FROM_FILE, f"    client_secret_file: {secret_file}\n")
 
 
-def default_exec_start(executable: str = sys.executable) -> str:
+def default_exec_start(executable: str | None = None) -> str:
     """The freshtoken command of this install: the script beside this Python (a venv's or pipx's bin/), else the one on PATH."""
-    beside = Path(executable).parent / "freshtoken"  # not resolved: a venv's python is a symlink out of the venv
+    beside = Path(executable or sys.executable).parent / "freshtoken"  # not resolved: a venv's python is a symlink out of the venv
     if beside.is_file():
         return str(beside.absolute())
     found = shutil.which("freshtoken")
@@ -234,7 +234,7 @@ def _group_exists(name: str) -> bool:
     return True
 
 
-def this_command(argv0: str | None = None, executable: str = sys.executable) -> str:
+def this_command(argv0: str | None = None, executable: str | None = None) -> str:
     """The absolute path of the freshtoken command running now, for messages that tell the user what to run next.
 
     argv[0] when it is the freshtoken script (a console script is started by its path); else, under
