@@ -786,7 +786,7 @@ def get_command(config: Config, account: str, environ: Mapping[str, str]) -> str
     $XDG_RUNTIME_DIR/freshtoken, /run/freshtoken); for any other token dir it needs --token-dir,
     which is also the fast way (`-c` would load the whole config).
     """
-    plain = f"{shown_command()} get {shlex.quote(account)}"
+    plain = f"{shown_command(path=environ.get('PATH'))} get {shlex.quote(account)}"
     try:
         found: str | None = find_token_file(account, token_dir_candidates(environ, None, None))
     except TokenUnavailable:
