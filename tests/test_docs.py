@@ -195,6 +195,7 @@ TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 def normalise(line: str) -> str:
     """Hide what changes from run to run: the temporary dir, the port, the pid, times, counts."""
     line = re.sub(r"\S*/freshtoken-demo-[^/\s]+", "<dir>", line)
+    line = re.sub(r"/\S*/freshtoken(?=\s)", "freshtoken", line)  # the try: lines name the running command by its full path
     line = TIMESTAMP.sub("<time> ", line)
     return re.sub(r"\d+", "<n>", line)
 

@@ -27,13 +27,98 @@ EXIT_CODES = """\
 exit codes:
   0    success
   1    failed: the server refused (e.g. invalid_grant: log in again), a rotated refresh token could
-       not be saved, no valid token (get), login failed, another daemon holds the state dir,
-       an account's state cannot be read (status)
-  2    bad command line (unknown option or account)
+       not be saved, no valid token (get, also for an account it has no file for), login failed,
+       another daemon holds the state dir, an account's state cannot be read (status)
+  2    bad command line (unknown option; an account not in the config, except for get)
   75   temporary, try again later: network, timeout, HTTP 5xx or 429, or the state dir cannot be
        written (full disk, permissions; the message names the path)
   78   config error: the message names the file, the line, the key and the problem
-  130  interrupted (Ctrl-C)"""
+  130  interrupted (Ctrl-C)
+`freshtoken help exit-codes` lists them per command; `freshtoken COMMAND --help` shows one command's."""
+
+_CONFIG = "config error: the message names the file, the line, the key and the problem"
+_TEMPORARY = "temporary, try again later: network, timeout, HTTP 5xx or 429, or the state dir cannot be written"
+_USAGE = "bad command line: unknown option, or an account not in the config"
+# What each command exits with: the one place that says it, for its --help and `freshtoken help exit-codes`.
+COMMAND_EXITS: dict[str, tuple[tuple[int, str], ...]] = {
+    "run": (
+        (0, "stopped by SIGTERM or SIGINT"),
+        (1, "another daemon holds the state dir"),
+        (2, "bad command line"),
+        (78, _CONFIG + "; also a state or token dir it cannot write"),
+    ),
+    "login": (
+        (0, "logged in: the refresh token is stored"),
+        (1, "login failed: denied, timed out, or the server refused the code"),
+        (2, _USAGE),
+        (75, _TEMPORARY),
+        (78, _CONFIG),
+        (130, "interrupted (Ctrl-C): nothing was stored"),
+    ),
+    "logout": (
+        (0, "logged out"),
+        (1, "logged out here, but the revocation failed or a file could not be deleted"),
+        (2, _USAGE),
+        (75, "the state dir cannot be written"),
+        (78, _CONFIG),
+    ),
+    "refresh": (
+        (0, "every account refreshed, or still valid"),
+        (1, "the server refused (e.g. invalid_grant: log in again), or a rotated refresh token could not be saved"),
+        (2, _USAGE),
+        (75, _TEMPORARY),
+        (78, _CONFIG),
+    ),
+    "get": (
+        (0, "the token was printed"),
+        (
+            1,
+            "no valid token: no ACCOUNT.json where get looks (get reads no config, so also an unknown account),"
+            " expired, valid for less than --min-valid, or not readable (the message says which group to join)",
+        ),
+        (2, "bad command line: unknown option, or not an account name"),
+        (78, "-c CONFIG: " + _CONFIG),
+    ),
+    "status": (
+        (0, "every account described (needs-login, expired, or from the token file only, are answers)"),
+        (1, "an account's state cannot be read (its row says why)"),
+        (2, "bad command line"),
+        (78, _CONFIG),
+    ),
+    "check-config": ((0, "the config is OK"), (2, "bad command line"), (78, _CONFIG + "; also a directory it cannot write")),
+    "add": (
+        (0, "added"),
+        (1, "the file cannot be read or written (nothing was changed)"),
+        (2, "bad command line: a bad account name, provider or key, or a literal secret"),
+        (78, "the file cannot be extended safely, or would not load with the account (nothing was changed)"),
+    ),
+    "install-systemd": (
+        (0, "written"),
+        (1, "a file cannot be written, or the system unit could not run this install's command (nothing was written)"),
+        (2, "bad command line"),
+    ),
+    "demo": ((0, "stopped (--duration, or Ctrl-C)"), (2, "bad command line")),
+    "help": ((0, "printed"), (2, "an unknown topic")),
+}
+
+
+def exit_codes(command: str) -> str:
+    """The `exit codes:` block of one command's --help."""
+    import textwrap
+
+    lines = ["exit codes:"]
+    for code, meaning in COMMAND_EXITS[command]:
+        lines.append(textwrap.fill(meaning, 100, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7))
+    return "\n".join(lines)
+
+
+def all_exit_codes() -> str:
+    """`freshtoken help exit-codes`: the general table, then each command's."""
+    parts = [EXIT_CODES.rpartition("\n")[0]]
+    for command in COMMAND_EXITS:
+        parts.append(exit_codes(command).replace("exit codes:", f"freshtoken {command}:", 1))
+    return "\n\n".join(parts)
+
 
 GET_LOOKS = """\
 where get looks: --token-dir DIR, else $FRESHTOKEN_TOKEN_DIR, else $RUNTIME_DIRECTORY, else the token_dir of
@@ -43,7 +128,6 @@ get reads only the token file ACCOUNT.json there: no network, no state, no secre
 
 def build_parser() -> argparse.ArgumentParser:
     import argparse
-    import functools
 
     from freshtoken.formats import FORMATS
 
@@ -80,7 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS, help="plain or json log lines (default: see `freshtoken --help`)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser = functools.partial(sub.add_parser, parents=[common], epilog=EXIT_CODES, formatter_class=formatter)  # type: ignore[method-assign]
+    plain_add_parser = sub.add_parser
+
+    def add_parser(name: str, **options: Any) -> argparse.ArgumentParser:
+        # Each command's help ends with its own exit codes (get exits 1 for an account it has no file for, others 2).
+        epilog = options.pop("epilog", None)
+        options["epilog"] = f"{epilog}\n\n{exit_codes(name)}" if epilog else exit_codes(name)
+        return plain_add_parser(name, parents=[common], formatter_class=formatter, **options)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     sub.add_parser(
         "run",
@@ -126,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     refresh.add_argument("accounts", nargs="*", metavar="ACCOUNT", help="accounts to refresh (default: all of them)")
     refresh.add_argument("--if-needed", action="store_true", help="only accounts whose token is inside the refresh margin")
 
-    get = sub.add_parser("get", help="print the current token (reads only the token dir)", epilog=GET_LOOKS + "\n\n" + EXIT_CODES)
+    get = sub.add_parser("get", help="print the current token (reads only the token dir)", epilog=GET_LOOKS)
     get.add_argument("account", metavar="ACCOUNT", help="the account whose access token to print")
     get.add_argument(
         "--format",
@@ -171,7 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write the systemd unit with ExecStart= naming this install's freshtoken command, the sysusers snippet"
         " and, unless one exists, a config (the example, reading the client secret from a file). Units are replaced,"
         " a config never. As root on the live system it also runs `systemd-sysusers` and `systemctl daemon-reload`;"
-        " then it prints the remaining steps.",
+        " then it prints the remaining steps. The system unit hides /home, /root, /run/user and /tmp (ProtectHome=,"
+        " PrivateTmp=) and runs as the freshtoken user: when this install's command, its Python or its package is"
+        " there, or not executable by other users, the service would fail with status=203/EXEC, so install-systemd"
+        " refuses (exit 1) and says how to install where the service can reach it; with --force or --root DIR it"
+        " writes the unit and warns.",
     )
     install.add_argument(
         "--user", action="store_true", help="a user service (~/.config/systemd/user, ~/.config/freshtoken) instead of the system one"
@@ -181,6 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write under DIR instead of / (with --user: instead of $HOME), e.g. an image being built; runs no systemd tool",
     )
+    install.add_argument(
+        "--force",
+        action="store_true",
+        help="write the system unit even though the service cannot run this install's command (see above); a warning instead",
+    )
+
+    help_command = sub.add_parser(
+        "help",
+        help="print the exit codes of every command, or one command's help",
+        description="`freshtoken help exit-codes` prints what each command exits with; `freshtoken help COMMAND` is"
+        " `freshtoken COMMAND --help`; `freshtoken help` alone is `freshtoken --help`.",
+    )
+    help_command.add_argument("topic", nargs="?", metavar="TOPIC", help="exit-codes, or a command's name")
 
     demo = sub.add_parser("demo", help="the daemon against a built-in loopback authorization server")
     demo.add_argument("--duration", type=_duration, default=None, metavar="D", help="stop after this long (default: until Ctrl-C)")
@@ -361,7 +470,10 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str
 
     from freshtoken.status import daemon_status, describe, render_header, render_table
 
-    config = _load_config(args, environ, secrets=False)
+    config = _load_config(args, environ, secrets=False, optional_token_dir=True)
+    for warning in config.warnings:
+        if "token_dir" in config.unresolved and ": token_dir: " in warning:
+            print(f"warning: {warning}", file=err)
     rows = describe(config)
     daemon = daemon_status(config.state_dir)
     if args.json:
@@ -370,7 +482,8 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str
     else:
         print(render_header(config, daemon), file=out)
         print(render_table(rows), file=out)
-    # A row that could not be described is a failure a script should see; expired or needs-login rows are answers.
+    # A row that could not be described is a failure a script should see; expired or needs-login rows are answers,
+    # and so are rows a reader of the system install could only describe from the token file.
     return 1 if any(row["state"] == "error" for row in rows) else 0
 
 
@@ -440,6 +553,22 @@ def cmd_add(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], 
     return run_add(args, environ, out, err)
 
 
+def cmd_help(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
+    import argparse
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if args.topic is None:
+        parser.print_help(out)
+    elif args.topic in ("exit-codes", "exit-code", "exit"):
+        print(all_exit_codes(), file=out)
+    elif args.topic in commands:
+        commands[args.topic].print_help(out)
+    else:
+        raise UsageError(f"no help on {args.topic!r}: give exit-codes or one of {', '.join(commands)}")
+    return 0
+
+
 def cmd_install_systemd(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
     import shutil
     from pathlib import Path
@@ -464,6 +593,15 @@ def cmd_install_systemd(args: argparse.Namespace, environ: Mapping[str, str], ou
 
     try:
         exec_start = units.default_exec_start()
+    except LookupError as exc:
+        raise FreshtokenError(str(exc)) from None
+    problem = None if args.user else units.unreachable(exec_start)
+    if problem is not None and args.root is None and not args.force:
+        raise FreshtokenError(
+            f"the system unit could not run {exec_start} (status=203/EXEC): {problem}; nothing was written."
+            f" {units.REACHABLE_INSTALL[0].upper()}{units.REACHABLE_INSTALL[1:]} (--force writes the unit anyway)"
+        )
+    try:
         done = units.install_units(root, exec_start=exec_start, user=args.user, create_user=create_user if live else None)
     except LookupError as exc:
         raise FreshtokenError(str(exc)) from None
@@ -472,11 +610,38 @@ def cmd_install_systemd(args: argparse.Namespace, environ: Mapping[str, str], ou
         raise FreshtokenError(f"cannot write {exc.filename}: permission denied ({hint})") from None
     for item in done:
         print(item, file=out)
+    if problem is not None:
+        print(
+            f"warning: the system unit cannot run {exec_start} (it would fail with status=203/EXEC): {problem}; {units.REACHABLE_INSTALL}",
+            file=out,
+        )
     reloaded = False
     if live and shutil.which("systemctl"):
         reloaded = _run_tool(out, "systemctl", "daemon-reload")
     print(_next_steps(done[-1].path, exec_start, user=args.user, live=live, reloaded=reloaded), file=out)
     return 0
+
+
+def _config_access(config: Any, live: bool) -> list[str]:
+    """The commands that let the service's group read the system config, if it cannot yet: none when it is 0640-ish root:freshtoken.
+
+    Under --root the group of the host is not the image's: there the config is always named by its path on the target system.
+    """
+    import grp
+    import stat
+
+    target = "/etc/freshtoken/config.yaml"
+    if not live:
+        return [f"chgrp freshtoken {target}"]
+    info = config.stat()
+    try:
+        group_ok = grp.getgrgid(info.st_gid).gr_name == "freshtoken"
+    except KeyError:
+        group_ok = False
+    commands = [] if group_ok else [f"chgrp freshtoken {target}"]
+    if not info.st_mode & stat.S_IRGRP:
+        commands.append(f"chmod g+r {target}")
+    return commands
 
 
 def _run_tool(out: IO[str], *argv: str) -> bool:
@@ -499,8 +664,12 @@ def _next_steps(config: Any, exec_start: str, *, user: bool, live: bool, reloade
     command = shlex.quote(exec_start)
     systemctl = "systemctl --user" if user else "systemctl"
     steps = []
+    access = [] if user else _config_access(config, live)
     if not user and not live:
-        steps.append(["create the freshtoken user and group (on the system that runs it): systemd-sysusers"])
+        steps.append(["create the freshtoken user and group, and give it the config (on the system that runs it):", "  systemd-sysusers"])
+        steps[-1] += [f"  {line}" for line in access]
+    elif access:
+        steps.append(["let the service (group freshtoken) read its config:", *(f"  {line}" for line in access)])
     steps.append([f"edit {config}: client_id and scopes (leave state_dir and token_dir to the unit)"])
     steps.append(
         [
@@ -544,6 +713,7 @@ COMMANDS: dict[str, Any] = {
     "demo": cmd_demo,
     "add": cmd_add,
     "install-systemd": cmd_install_systemd,
+    "help": cmd_help,
 }
 
 

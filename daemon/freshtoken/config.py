@@ -49,13 +49,21 @@ def find(explicit: str | None, environ: Mapping[str, str]) -> Path:
 # ---------------------------------------------------------------- loading
 
 
-def load(path: Path, environ: Mapping[str, str] | None = None, *, secrets: bool = True, defer_credentials: bool = False) -> Config:
+def load(
+    path: Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    secrets: bool = True,
+    defer_credentials: bool = False,
+    optional_token_dir: bool = False,
+) -> Config:
     """Read, parse and validate the config file, then read the secret files it names.
 
     `secrets=False` is for commands that never send a request (`status`, `get -c`):
     a missing ${VAR} or credential file does not stop them, and no secret is read.
     `defer_credentials=True` (check-config outside systemd) lets a bare credential
     name wait for the $CREDENTIALS_DIRECTORY that systemd's LoadCredential= gives.
+    `optional_token_dir=True` (status) loads a config that no token dir can be found for (schema.parse says how).
     """
     environ = os.environ if environ is None else environ
     file = str(path)
@@ -67,7 +75,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None, *, secrets: bool 
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(file, "", f"cannot read: {_os_reason(exc)}") from None
     doc, lines = read_yaml(text, file)
-    config = parse(doc, file, environ, lines=lines, lenient=not secrets)
+    config = parse(doc, file, environ, lines=lines, lenient=not secrets, optional_token_dir=optional_token_dir)
     if secrets:
         config = resolve_secret_files(config, environ, defer_credentials=defer_credentials)
     if info.st_mode & stat.S_IROTH and _has_literal_secret(doc):
@@ -79,11 +87,25 @@ def load(path: Path, environ: Mapping[str, str] | None = None, *, secrets: bool 
     return config
 
 
-def parse(doc: Any, file: str, environ: Mapping[str, str], *, lines: Mapping[str, int] | None = None, lenient: bool = False) -> Config:
+def parse(
+    doc: Any,
+    file: str,
+    environ: Mapping[str, str],
+    *,
+    lines: Mapping[str, int] | None = None,
+    lenient: bool = False,
+    optional_token_dir: bool = False,
+) -> Config:
     """schema.parse with this process's default dirs (its uid, $HOME, /run/user) for a config at `file`."""
     euid = os.geteuid()
-    defaults = schema.Defaults(dirs.default_state_dir(environ, file, euid=euid), dirs.default_token_dir(environ, file, euid=euid), euid)
-    return schema.parse(doc, file, environ, defaults=defaults, lines=lines, lenient=lenient)
+    defaults = schema.Defaults(
+        dirs.default_state_dir(environ, file, euid=euid),
+        dirs.default_token_dir(environ, file, euid=euid),
+        euid,
+        # On disk, but the user's own: the daemon makes it 0750 and its files 0600/0640 like any token dir.
+        os.path.join(dirs.home(environ), ".cache", "freshtoken"),
+    )
+    return schema.parse(doc, file, environ, defaults=defaults, lines=lines, lenient=lenient, optional_token_dir=optional_token_dir)
 
 
 def read_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:

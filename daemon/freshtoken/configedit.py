@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 
 NEW_FILE_MODE = 0o600  # a config may come to hold secrets; only its owner reads it until they decide otherwise
 NEW_DIR_MODE = 0o700
+# The system service's config (/etc/freshtoken/config.yaml, made by root) is laid out as install-systemd lays it out:
+# the service runs as the freshtoken user, so the file is root:freshtoken 0640 in a 0755 dir (add writes no secret).
+SYSTEM_FILE_MODE = 0o640
+SYSTEM_DIR_MODE = 0o755
+SERVICE_GROUP = "freshtoken"
 SECRET_KEYS = ("client_secret", "refresh_token")
 _REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 _ACCOUNTS_LINE = re.compile(r"""(?P<indent> *)(?P<key>accounts|"accounts"|'accounts') *:(?P<rest>[^\r\n]*)(?P<eol>\r?\n?)""")
@@ -43,23 +48,36 @@ class AddResult:
     block: str  # the text inserted
     notes: tuple[str, ...]
     next_command: str  # `freshtoken login NAME` (with -c when the file is not the default one)
+    mode: int = NEW_FILE_MODE  # a new file's mode
 
     @property
     def message(self) -> str:
         """What `freshtoken add` prints on success."""
-        where = f"a new {self.path} (mode {NEW_FILE_MODE:04o})" if self.created else str(self.path)
+        where = f"a new {self.path} (mode {self.mode:04o})" if self.created else str(self.path)
         lines = [f"added account {self.name!r} to {where}", *(f"note: {note}" for note in self.notes)]
         lines.append(f"next: {self.next_command}")
         lines.append("then reload a running daemon (systemctl [--user] reload freshtoken, or kill -HUP) so that it keeps the token fresh")
         return "\n".join(lines) + "\n"
 
 
-def add_account(config_path: Path, name: str, *, provider: str, options: Mapping[str, object], environ: Mapping[str, str]) -> AddResult:
+def add_account(
+    config_path: Path,
+    name: str,
+    *,
+    provider: str,
+    options: Mapping[str, object],
+    environ: Mapping[str, str],
+    system: bool | None = None,
+    group: str = SERVICE_GROUP,
+) -> AddResult:
     """Append account `name` to the config file (creating it if missing) and return what to tell the user.
 
     Raises UsageError for a bad name, provider, key or a literal secret; ConfigError when the
     file cannot be extended safely or the result would not load (the file is then unchanged).
+    A new system config (`system`; default: root creating /etc/freshtoken/config.yaml) is made
+    root:`group` 0640 in a 0755 dir, so the service can read it; without that group, a note says how.
     """
+    from freshtoken.dirs import is_system_config
     from freshtoken.model import Grant
     from freshtoken.schema import ACCOUNT_KEYS, ACCOUNT_NAME
 
@@ -72,6 +90,18 @@ def add_account(config_path: Path, name: str, *, provider: str, options: Mapping
         raise UsageError(f"unknown provider {provider!r} (known: {', '.join(known)})")
     entry = _entry(provider, options, ACCOUNT_KEYS)
     path = Path(os.path.realpath(config_path))  # a symlinked config (dotfiles) keeps its link: write the target
+    if system is None:
+        system = os.geteuid() == 0 and is_system_config(str(path))
+    layout = _Layout(NEW_FILE_MODE, NEW_DIR_MODE, None)
+    notes_before: list[str] = []
+    if system:
+        gid = _group_id(group)
+        layout = _Layout(SYSTEM_FILE_MODE, SYSTEM_DIR_MODE, gid)
+        if gid is None:
+            notes_before.append(
+                f"group {group} does not exist yet, so the service could not read this file: after creating it"
+                f" (`freshtoken install-systemd`, or systemd-sysusers), run `chgrp {group} {_shell_word(str(path))}`"
+            )
     with _locked(path) as old:
         if old is None:
             text = _NEW_FILE_HEADER + "accounts:\n" + _block(name, entry, "  ", "  ", "\n")
@@ -80,14 +110,32 @@ def add_account(config_path: Path, name: str, *, provider: str, options: Mapping
         else:
             text, block, expected = _insert(old[0], str(path), name, entry)
         _check_result(text, str(path), name, expected)
-        loaded = _write_validated(path, text, old[1] if old else None, environ)
-    notes = _notes(entry, loaded.warnings, name, environ)
+        loaded = _write_validated(path, text, old[1] if old else None, environ, layout)
+    notes = (*_notes(entry, loaded.warnings, name, environ), *(notes_before if old is None else ()))
     login = f"freshtoken login {name}"
     if entry.get("grant") == Grant.CLIENT_CREDENTIALS:
         login = f"freshtoken refresh {name}   (client_credentials: no login needed)"
     if not _is_default_config(path, environ):
         login = login.replace("freshtoken ", f"freshtoken -c {_shell_word(str(path))} ", 1)
-    return AddResult(path=path, name=name, created=old is None, block=block, notes=notes, next_command=login)
+    return AddResult(path=path, name=name, created=old is None, block=block, notes=notes, next_command=login, mode=layout.file_mode)
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """How a new config file and its new directories are made."""
+
+    file_mode: int
+    dir_mode: int
+    gid: int | None  # the file's group (None: the creator's)
+
+
+def _group_id(name: str) -> int | None:
+    from freshtoken.fsutil import resolve_group
+
+    try:
+        return resolve_group(name)
+    except LookupError:
+        return None
 
 
 # ---------------------------------------------------------------- the block
@@ -297,18 +345,50 @@ def _locked(path: Path) -> Iterator[tuple[str, os.stat_result] | None]:
             os.close(fd)
 
 
-def _write_validated(path: Path, text: str, old: os.stat_result | None, environ: Mapping[str, str]) -> Any:
+def _write_validated(path: Path, text: str, old: os.stat_result | None, environ: Mapping[str, str], layout: _Layout | None = None) -> Any:
     """Write `text` to a temp file beside `path` with the old file's mode and owner, load it, then rename it in place.
 
     Validating the temp copy means a file that would not load never replaces the old one, even for a
-    moment (a daemon reloading meanwhile sees the whole old file or the whole new one).
+    moment (a daemon reloading meanwhile sees the whole old file or the whole new one). A new file gets
+    `layout`; the directories made for it are removed again when it is not added.
     """
+    layout = layout or _Layout(NEW_FILE_MODE, NEW_DIR_MODE, None)
+    made = _make_dirs(path.parent, layout.dir_mode) if old is None else []
+    try:
+        return _write_new_copy(path, text, old, environ, layout)
+    except BaseException:
+        for directory in reversed(made):  # nothing of a failed add stays behind, not even an empty ~/.config/freshtoken
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        raise
+
+
+def _make_dirs(directory: Path, mode: int) -> list[Path]:
+    """Create `directory` and its missing parents (each `mode`, whatever the umask); the ones created, outermost first."""
+    missing = []
+    while not directory.exists() and directory.parent != directory:
+        missing.append(directory)
+        directory = directory.parent
+    made: list[Path] = []
+    for new in reversed(missing):
+        try:
+            os.mkdir(new, mode)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            for directory in reversed(made):
+                with contextlib.suppress(OSError):
+                    os.rmdir(directory)
+            raise FreshtokenError(f"cannot create {new}: {exc.strerror}; nothing was changed") from None
+        os.chmod(new, mode)
+        made.append(new)
+    return made
+
+
+def _write_new_copy(path: Path, text: str, old: os.stat_result | None, environ: Mapping[str, str], layout: _Layout) -> Any:
     from freshtoken import config
 
-    if old is None:
-        with contextlib.suppress(FileExistsError):
-            os.makedirs(path.parent, NEW_DIR_MODE)
-    mode = NEW_FILE_MODE if old is None else old.st_mode & 0o7777
+    mode = layout.file_mode if old is None else old.st_mode & 0o7777
     temp = path.parent / f"{TEMP_MARK}{path.name}.{secrets.token_hex(4)}"
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
@@ -316,6 +396,8 @@ def _write_validated(path: Path, text: str, old: os.stat_result | None, environ:
         raise FreshtokenError(f"{path}: cannot write a new copy in {path.parent}: {exc.strerror}; nothing was changed") from None
     try:
         try:
+            if old is None and layout.gid is not None:
+                os.fchown(fd, -1, layout.gid)
             if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
                 os.fchown(fd, old.st_uid, old.st_gid)
             os.fchmod(fd, mode)  # after fchown, which may clear set-id bits
@@ -409,7 +491,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from freshtoken.providers import PRESETS
 
     parser.description = (
-        "Append an account to the config file (created 0600 if missing), keeping its comments and order,"
+        "Append an account to the config file (created 0600 if missing; as root, /etc/freshtoken/config.yaml is created"
+        " root:freshtoken 0640 so that the service can read it), keeping its comments and order,"
         " check that the file still loads, and print the login command to run next."
         " The client secret is never written: give the name of an environment variable or a file that holds it."
     )

@@ -558,6 +558,8 @@ class Daemon:
                     continue  # a parked account stays parked; a running one finds out on its next run
                 if track.view.needs_login:
                     log.info("%s: new login found; resuming", name)
+                else:  # a login over a working account: its new tokens replace the old ones now, not at the next refresh
+                    log.info("%s: new login picked up", name)
                 self._publish(track, needs_login=False, attempts=0)
                 self._schedule(track, now)
             except Exception as exc:

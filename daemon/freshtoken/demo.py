@@ -5,8 +5,10 @@ Everything lives in a temporary directory that is removed at exit (the output sa
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shlex
 import tempfile
 import threading
 from pathlib import Path
@@ -15,6 +17,9 @@ from typing import IO
 from freshtoken import config as config_module
 from freshtoken.daemon import Daemon
 from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
+from freshtoken.model import Config, OutputFormat
+from freshtoken.outputs import all_outputs
+from freshtoken.units import this_command
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +73,16 @@ def _run(root: Path, *, duration: float | None, lifetime: float, out: IO[str]) -
         environ.pop("NOTIFY_SOCKET", None)  # the demo is not the service systemd started
         config = config_module.load(path, environ)
         daemon = Daemon(config, config_loader=lambda: config_module.load(path, environ), environ=environ)
+        # The full path: a second shell, where the user tries these, need not have this venv on its PATH.
+        command = shlex.quote(this_command())
+        files = [output.path for account in config.accounts.values() for output in all_outputs(config.token_dir, account)]
         print(
             f"freshtoken demo: a loopback authorization server at {server.url} issues {lifetime:g}s tokens\n"
             f"  dir:     {root} (temporary: removed, tokens and all, when the demo exits)\n"
             f"  config:  {path}\n"
             f"  tokens:  {config.token_dir}/demo.token, demo.json, demo.header, demo-app.token, demo-app.json\n"
-            f"  try:     freshtoken get demo --token-dir {config.token_dir}\n"
-            f"           freshtoken -c {path} status\n"
+            f"  try:     {command} get demo --token-dir {config.token_dir}\n"
+            f"           {command} -c {path} status\n"
             f"  signals: kill -USR1 {os.getpid()} refreshes now, kill -HUP reloads, Ctrl-C stops\n",
             file=out,
             flush=True,
@@ -84,22 +92,32 @@ def _run(root: Path, *, duration: float | None, lifetime: float, out: IO[str]) -
             timer.daemon = True
             timer.start()
         code = daemon.run()
-        valid = sum(server.is_valid_access_token(t) for t in _current_tokens(config.token_dir))
+        # Every file the tokens line lists, each read in its own format: that is what a reader would get.
+        valid = sum(server.is_valid_access_token(token) for token in _tokens_in(config))
         print(
             f"\nfreshtoken demo: the server issued {server.tokens_issued} access tokens "
             f"({server.refreshes_ok} by refresh token, each rotating it), saw {server.reuse_count} reuses of a spent "
-            f"refresh token; {valid} of 2 token files valid at the end",
+            f"refresh token; {valid} of {len(files)} token files valid at the end",
             file=out,
             flush=True,
         )
         return code
 
 
-def _current_tokens(token_dir: Path) -> list[str]:
+def _tokens_in(config: Config) -> list[str]:
+    """The access token each output file of each account holds now (a missing or unreadable file: none)."""
     tokens = []
-    for name in ("demo", "demo-app"):
-        try:
-            tokens.append((token_dir / f"{name}.token").read_text().strip())
-        except OSError:
-            pass
+    for account in config.accounts.values():
+        for output in all_outputs(config.token_dir, account):
+            try:
+                text = output.path.read_text().strip()
+                if output.format == OutputFormat.JSON:
+                    text = json.loads(text)["access_token"]
+                elif output.format == OutputFormat.HEADER:
+                    text = text.partition("Bearer ")[2]
+                elif output.format == OutputFormat.ENV:
+                    text = text.splitlines()[0].partition("=")[2]
+            except (OSError, ValueError, KeyError, IndexError):
+                continue
+            tokens.append(text)
     return tokens

@@ -21,13 +21,44 @@ if TYPE_CHECKING:
 MAX_TOKEN_FILE = 4 << 20  # a token file is a few KB (the daemon takes answers up to 1 MiB); more is not ours
 
 
+GROUP_HINT = "join the token dir's group, e.g. `usermod -aG {group} $USER`, then log in again"
+
+
 def find_token_file(account: str, dirs: list[tuple[str, bool]]) -> str:
+    denied = None
     for directory, decisive in dirs:
         path = os.path.join(directory, f"{account}.json")
-        if decisive or os.path.exists(path):
+        if decisive:
             return path
+        try:
+            os.stat(path)
+        except PermissionError:
+            # The dir is there but not ours to search (the system install's /run/freshtoken, 0750 root:freshtoken):
+            # "no token" would send the user looking for a daemon that is running fine.
+            denied = denied or directory
+            continue
+        except OSError:
+            continue
+        return path
+    if denied is not None:
+        raise TokenUnavailable(f"cannot read {denied}: permission denied ({group_hint(denied)})")
     looked = " and ".join(d for d, _ in dirs)
     raise TokenUnavailable(f"no token for {account!r} in {looked} (is the daemon running, and is the account named so?)")
+
+
+def group_hint(path: str) -> str:
+    """How to become a reader of the token dir at or above `path`: join its group (named when it can be told)."""
+    group = "freshtoken"
+    try:
+        import grp
+
+        gid = os.stat(path).st_gid
+        if gid == 0:
+            return f"{path} is root's: run as root, or give it a readers' group as the system install does"
+        group = grp.getgrgid(gid).gr_name
+    except (OSError, KeyError):
+        pass
+    return GROUP_HINT.format(group=group)
 
 
 def read_token(path: str, account: str) -> tuple[str, str, float, str | None]:
@@ -53,8 +84,7 @@ def read_token(path: str, account: str) -> tuple[str, str, float, str | None]:
     except FileNotFoundError:
         raise TokenUnavailable(f"no token for {account!r}: {path} does not exist (is the daemon running?)") from None
     except PermissionError:
-        hint = "join the token dir's group, e.g. `usermod -aG freshtoken $USER`"
-        raise TokenUnavailable(f"cannot read {path}: permission denied ({hint})") from None
+        raise TokenUnavailable(f"cannot read {path}: permission denied ({group_hint(os.path.dirname(path))})") from None
     except OSError as exc:
         raise TokenUnavailable(f"cannot read {path}: {exc.strerror}") from None
     except (ValueError, KeyError, TypeError, OverflowError, RecursionError):  # RecursionError: [[[[... nested a million deep

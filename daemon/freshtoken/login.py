@@ -53,6 +53,7 @@ from freshtoken.oauth import DeviceCode, TokenClient, authorize_url, clean_serve
 from freshtoken.providers import PRESETS
 from freshtoken.refresh import Refresher, apply_seed
 from freshtoken.store import Store
+from freshtoken.units import shown_command
 
 log = logging.getLogger(__name__)
 
@@ -522,9 +523,14 @@ def _listen(
             # The deadline bounds the wait for the callback; an exchange already under way is
             # let finish (its own timeouts bound it), or a granted login would be thrown away.
             if not server.done.wait(max(timeout, 0)) and server.close_claims():
+                came = (
+                    f"only requests that were not the answer to this login came to {flow.redirect_uri} ({server.ignored} ignored)"
+                    if server.ignored
+                    else f"nothing came to {flow.redirect_uri}"
+                )
                 raise LoginFailed(
-                    f"no answer from the browser within {humanize(timeout)} (nothing came to {flow.redirect_uri});"
-                    f" run `freshtoken login {flow.account.name}` again"
+                    f"no answer from the browser within {humanize(timeout)} ({came});"
+                    f" run `{shown_command()} login {flow.account.name}` again"
                 )
             server.done.wait()
         finally:
@@ -557,6 +563,7 @@ class _Listener(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self._connections: set[socket.socket] = set()
         self._warned = False
         self._closed = False
+        self.ignored = 0  # requests to the callback that were not this login's answer
         super().__init__(address, _CallbackHandler)
 
     def server_bind(self) -> None:
@@ -628,6 +635,7 @@ class _Listener(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     def _ignored(self, what: str) -> None:
         with self._lock:
+            self.ignored += 1
             if self._warned:
                 return  # once: a page sending requests in a loop must not flood the terminal
             self._warned = True
@@ -778,7 +786,7 @@ def get_command(config: Config, account: str, environ: Mapping[str, str]) -> str
     $XDG_RUNTIME_DIR/freshtoken, /run/freshtoken); for any other token dir it needs --token-dir,
     which is also the fast way (`-c` would load the whole config).
     """
-    plain = f"freshtoken get {shlex.quote(account)}"
+    plain = f"{shown_command(path=environ.get('PATH'))} get {shlex.quote(account)}"
     try:
         found: str | None = find_token_file(account, token_dir_candidates(environ, None, None))
     except TokenUnavailable:

@@ -29,13 +29,18 @@ E = TypeVar("E", bound=StrEnum)
 class Defaults:
     """The dirs a config gets for the keys it leaves out, worked out by the caller (config.parse, from dirs).
 
-    `token_dir` is None when nothing gives one; `euid` only says which /run/user dir was missing.
+    `token_dir` is None when nothing gives one; `euid` only says which /run/user dir was missing, and
+    `suggested_token_dir` what the message suggests to write instead.
     """
 
     state_dir: str
     token_dir: str | None
     euid: int
+    suggested_token_dir: str = "~/.cache/freshtoken"
 
+
+# A Config's token_dir when nothing gives one and the caller (`status`) can do without: a path no file is under.
+UNSET_TOKEN_DIR = "/nonexistent/freshtoken-token-dir-not-set"
 
 # The first character is a letter or digit: freshtoken's own files in the state and token dirs
 # (`.freshtoken-tmp-*`, swept at start-up) start with a dot, so no account's file can look like one.
@@ -210,10 +215,13 @@ def parse(
     defaults: Defaults,
     lines: Mapping[str, int] | None = None,
     lenient: bool = False,
+    optional_token_dir: bool = False,
 ) -> Config:
     """Validate a loaded YAML document into a Config. Raises only ConfigError.
 
     `file` only names the config in messages; `defaults` fills state_dir and token_dir when the document leaves them out.
+    With `optional_token_dir` (`status`, which only reads) a token dir that nothing gives is not an error: the
+    Config's token_dir is then UNSET_TOKEN_DIR, `unresolved` holds "token_dir" and `warnings` say why.
     """
     ctx = _Context(file, environ, lines or {}, lenient)
     if doc is None:
@@ -222,9 +230,15 @@ def parse(
     state_dir = top.string("state_dir") or defaults.state_dir
     token_dir = top.string("token_dir") or defaults.token_dir
     if not token_dir:
-        raise ctx.error(
-            "token_dir", f"not set, and none of $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR or /run/user/{defaults.euid} gives a default"
+        problem = (
+            f"not set, and none of $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR or /run/user/{defaults.euid} gives a default;"
+            f" set it in the config, e.g. `token_dir: {defaults.suggested_token_dir}`"
         )
+        if not optional_token_dir:
+            raise ctx.error("token_dir", problem)
+        ctx.warn("token_dir", problem)
+        ctx.unresolved.add("token_dir")
+        token_dir = UNSET_TOKEN_DIR
     for key, value in (("state_dir", state_dir), ("token_dir", token_dir)):
         if not os.path.isabs(value):
             raise ctx.error(key, f"{value!r} must be an absolute path")

@@ -34,10 +34,47 @@ def describe(config: Config, now: float | None = None) -> list[dict[str, Any]]:
         path = config.state_dir / f"{account.name}.json"
         try:
             rows.append(_describe_one(config, account, read_state(path), now))
+        except Denied as exc:
+            # A reader in the token dir's group (the system install): the state is the service's, the token file is ours.
+            rows.append(_from_token_file(config, account, now) or _error_row(config, account, str(exc)))
         except Exception as exc:  # noqa: BLE001 (one odd state file must not hide the other accounts)
             reason = str(exc) if isinstance(exc, Unusable | FreshtokenError) else f"{path} cannot be used ({type(exc).__name__})"
             rows.append(_error_row(config, account, reason))
     return rows
+
+
+class Denied(Unusable):
+    """The state file exists, but this user may not read it."""
+
+
+def _from_token_file(config: Config, account: Account, now: float) -> dict[str, Any] | None:
+    """A row from the token dir's `<account>.json` (which the readers' group may read), or None when that cannot be read either.
+
+    It knows the access token's expiry only; its state reads `fresh (from the token file)` in the table.
+    """
+    from freshtoken.getcmd import read_token
+    from freshtoken.timing import DEFAULT_LIFETIME, effective_margin
+
+    if "token_dir" in config.unresolved:
+        return None
+    path = config.token_dir / f"{account.name}.json"
+    try:
+        written = path.stat().st_mtime
+        expires_at = read_token(str(path), account.name)[2]
+    except (OSError, FreshtokenError):
+        return None
+    # The file is rewritten at each refresh: its age stands in for the token's lifetime, which sets the default margin.
+    lifetime = expires_at - written if expires_at > written else DEFAULT_LIFETIME
+    margin = effective_margin(config.margin_for(account), lifetime)
+    row = _error_row(config, account, "")
+    del row["error"]
+    row.update(
+        state=token_state(expires_at, margin, now=now),
+        from_token_file=True,
+        expires_at=int(expires_at),
+        expires_in=int(expires_at - now),
+    )
+    return row
 
 
 def read_state(path: Path) -> AccountState:
@@ -47,7 +84,7 @@ def read_state(path: Path) -> AccountState:
     except StateUnusable as exc:
         raise Unusable(str(exc)) from None
     except PermissionError:
-        raise Unusable(f"cannot read {path}: permission denied ({_owner_hint(path.parent)})") from None
+        raise Denied(f"cannot read {path}: permission denied ({_owner_hint(path.parent)})") from None
     except OSError as exc:
         raise Unusable(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
 
@@ -90,8 +127,12 @@ def _describe_one(config: Config, account: Account, state: AccountState, now: fl
         "has_refresh_token": state.refresh_token is not None,
         "login_command": f"freshtoken login {account.name}" if needs_login else None,
         "state_file": str(config.state_dir / f"{account.name}.json"),
-        "token_file": str(config.token_dir / f"{account.name}.json"),
+        "token_file": _token_file(config, account),
     }
+
+
+def _token_file(config: Config, account: Account) -> str | None:
+    return None if "token_dir" in config.unresolved else str(config.token_dir / f"{account.name}.json")
 
 
 def _error_row(config: Config, account: Account, reason: str) -> dict[str, Any]:
@@ -111,13 +152,14 @@ def _error_row(config: Config, account: Account, reason: str) -> dict[str, Any]:
         "has_refresh_token": None,
         "login_command": None,
         "state_file": str(config.state_dir / f"{account.name}.json"),
-        "token_file": str(config.token_dir / f"{account.name}.json"),
+        "token_file": _token_file(config, account),
     }
 
 
 def render_header(config: Config, daemon: dict[str, Any] | None = None, now: float | None = None) -> str:
     """Which files `status` read (a reader of the system install must see that it looks at the service's dirs), and the daemon."""
-    text = f"config     {config.file}\nstate dir  {config.state_dir}\ntoken dir  {config.token_dir}\n"
+    token_dir = "- (not set: see the warning)" if "token_dir" in config.unresolved else str(config.token_dir)
+    text = f"config     {config.file}\nstate dir  {config.state_dir}\ntoken dir  {token_dir}\n"
     if daemon is not None:
         text += f"daemon     {describe_daemon(daemon, now)}\n"
     return text
@@ -221,6 +263,10 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         if row["state"] == "error":
             lines.append((row["account"], "error", "?", "?", "?", _printable(row["error"])))
             continue
+        if row.get("from_token_file"):
+            expires = humanize(row["expires_in"]) if row["expires_in"] > 0 else "-"
+            lines.append((row["account"], f"{row['state']} (from the token file)", expires, "?", "?", "-"))
+            continue
         rt = row["refresh_token_expires_in"]
         if not row["has_refresh_token"]:
             rt_text = "none"
@@ -241,6 +287,8 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
     hints = [f"{row['account']}: run `{row['login_command']}`" for row in rows if row["login_command"]]
+    if any(row.get("from_token_file") for row in rows):
+        hints.append("(the state dir is the service's and not readable here: the rows marked so show the token file's expiry only)")
     return "\n".join([text, *hints])
 
 

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,7 +60,7 @@ def render_units(exec_start: str) -> dict[str, str]:
     word = systemd_word(exec_start)
     system = data_file(f"systemd/{SYSTEM_UNIT}").read_text()
     user = data_file(f"systemd/{USER_UNIT}").read_text()
-    stamp = "# ExecStart= names the freshtoken command of the install that wrote this file.\n"
+    stamp = "# ExecStart= names the freshtoken command of the install that wrote this file (freshtoken install-systemd).\n"
     return {
         SYSTEM_UNIT: _swap_command(system, SYSTEM_COMMAND, word, stamp),
         USER_UNIT: _swap_command(user, USER_COMMAND, word, stamp),
@@ -70,7 +72,11 @@ def _swap_command(unit: str, old: str, word: str, stamp: str) -> str:
     line = f"ExecStart={old} "
     if unit.count(line) != 1:  # the shipped units are the contract; a silent no-op would install the wrong path
         raise ValueError(f"expected one {line!r} line in the shipped unit")
-    return unit.replace(line, f"{stamp}ExecStart={word} ")
+    before, _, after = unit.partition(line)
+    kept = before.splitlines(keepends=True)
+    while kept and kept[-1].startswith("#"):  # the shipped comment explains the shipped path, not the one written here
+        kept.pop()
+    return "".join(kept) + f"{stamp}ExecStart={word} " + after
 
 
 def example_config(secret_file: str) -> str:
@@ -82,15 +88,88 @@ def example_config(secret_file: str) -> str:
     return text.replace(_SECRET_FROM_FILE, f"    client_secret_file: {secret_file}\n")
 
 
-def default_exec_start(executable: str = sys.executable) -> str:
+def default_exec_start(executable: str | None = None) -> str:
     """The freshtoken command of this install: the script beside this Python (a venv's or pipx's bin/), else the one on PATH."""
-    beside = Path(executable).parent / "freshtoken"  # not resolved: a venv's python is a symlink out of the venv
+    beside = Path(executable or sys.executable).parent / "freshtoken"  # not resolved: a venv's python is a symlink out of the venv
     if beside.is_file():
         return str(beside.absolute())
     found = shutil.which("freshtoken")
     if found is None:
         raise LookupError("cannot find the freshtoken command beside this Python or on PATH")
     return str(Path(found).absolute())
+
+
+# What the system unit cannot see: PrivateTmp=yes gives it its own /tmp and /var/tmp, ProtectHome=yes
+# hides /home, /root and /run/user. A command, Python or package under one of them fails with 203/EXEC.
+HIDDEN_FROM_SERVICE = {
+    "/tmp": "PrivateTmp=yes",  # noqa: S108 (a path the unit hides, not a file we make)
+    "/var/tmp": "PrivateTmp=yes",  # noqa: S108
+    "/home": "ProtectHome=yes",
+    "/root": "ProtectHome=yes",
+    "/run/user": "ProtectHome=yes",
+}
+REACHABLE_INSTALL = (
+    "install freshtoken where the service can run it, with a system Python:"
+    " `/usr/bin/python3 -m venv /opt/freshtoken && /opt/freshtoken/bin/pip install freshtoken` (or a checkout's path),"
+    " then run `/opt/freshtoken/bin/freshtoken install-systemd`"
+)
+
+
+def unreachable(exec_start: str, package_dir: Path | None = None) -> str | None:
+    """Why the system unit (User=freshtoken, ProtectHome=yes, PrivateTmp=yes) could not run `exec_start`; None if it can.
+
+    Looks at the command as written and resolved, the Python its #! line names (resolved: a venv's python
+    is a symlink, often into /root/.pyenv) and the freshtoken package that Python imports (an editable
+    install lives in its checkout): none may be under a directory the unit hides, and another user must
+    be able to reach and run each (o+x on every directory on the way).
+    """
+    command = Path(exec_start)
+    checks: list[tuple[str, Path]] = [("the freshtoken command", command)]
+    interpreter = _interpreter(command)
+    if interpreter is not None:
+        checks.append(("its Python", Path(interpreter)))
+    checks.append(("the freshtoken package", package_dir or Path(__file__).resolve().parent))
+    for what, path in checks:
+        for shown in dict.fromkeys([path, path.resolve()]):
+            for hidden, option in HIDDEN_FROM_SERVICE.items():
+                if shown == Path(hidden) or Path(hidden) in shown.parents:
+                    return f"{what} {shown} is under {hidden}, which the unit's {option} hides from the service"
+            denied = _not_for_others(shown)
+            if denied is not None:
+                return f"{what} {shown} cannot be run by the service user: {denied}"
+    return None
+
+
+def _interpreter(script: Path) -> str | None:
+    """The Python a console script runs: its #! line, or the `'''exec' PYTHON` line pip writes when #! would be too long."""
+    try:
+        with open(script, "rb") as handle:
+            head = handle.read(4096).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    if not head or not head[0].startswith("#!"):
+        return None
+    words = head[0][2:].split()
+    if words == ["/bin/sh"] and len(head) > 1 and head[1].startswith("'''exec' "):
+        import shlex
+
+        words = shlex.split(head[1][len("'''exec' ") :])
+    if words and os.path.basename(words[0]) == "env" and len(words) > 1:
+        return shutil.which(words[1])
+    return words[0] if words and words[0].startswith("/") else None
+
+
+def _not_for_others(path: Path) -> str | None:
+    """Why a user outside the owner's group cannot reach and run `path` (o+x on it and every directory above), or None."""
+    for step in [*reversed(path.parents), path]:
+        try:
+            mode = step.stat().st_mode
+        except OSError as exc:
+            return f"{step}: {exc.strerror}"
+        if not mode & stat.S_IXOTH:
+            kind = "searchable" if stat.S_ISDIR(mode) else "executable"
+            return f"{step} is mode {stat.S_IMODE(mode):04o}, not {kind} by other users"
+    return None
 
 
 def install_units(
@@ -153,3 +232,33 @@ def _group_exists(name: str) -> bool:
     except LookupError:
         return False
     return True
+
+
+def this_command(argv0: str | None = None, executable: str | None = None) -> str:
+    """The absolute path of the freshtoken command running now, for messages that tell the user what to run next.
+
+    argv[0] when it is the freshtoken script (a console script is started by its path); else, under
+    `python -m freshtoken`, the script beside this Python; else plain `freshtoken`.
+    """
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if os.path.basename(argv0) == "freshtoken" and os.path.isfile(argv0):
+        return os.path.abspath(argv0)
+    try:
+        return default_exec_start(executable)
+    except LookupError:
+        return "freshtoken"
+
+
+def shown_command(argv0: str | None = None, path: str | None = None) -> str:
+    """`freshtoken` when that name on PATH runs this install, else this command's full path (shell-quoted).
+
+    A system install (/opt/freshtoken/bin) or a venv not activated in the user's next shell is not on PATH:
+    a printed `freshtoken get ...` would then fail, or run another install.
+    """
+    import shlex
+
+    mine = this_command(argv0)
+    found = shutil.which("freshtoken", path=path)
+    if found is not None and os.path.realpath(found) == os.path.realpath(mine):
+        return "freshtoken"
+    return shlex.quote(mine)

@@ -6,7 +6,7 @@
 #    source ~/.local/share/bash_completion/freshtoken
 # See also: https://github.com/scop/bash-completion/blob/main/doc/configuration.md
 
-_shtab_freshtoken_subparsers=(run login logout refresh get status check-config add install-systemd demo)
+_shtab_freshtoken_subparsers=(run login logout refresh get status check-config add install-systemd help demo)
 
 _shtab_freshtoken_run_option_strings=(-h --help -c --config -v --verbose --log-format)
 _shtab_freshtoken_login_option_strings=(-h --help -c --config -v --verbose --log-format --no-browser --manual --device --no-device --timeout)
@@ -16,7 +16,8 @@ _shtab_freshtoken_get_option_strings=(-h --help -c --config -v --verbose --log-f
 _shtab_freshtoken_status_option_strings=(-h --help -c --config -v --verbose --log-format --json)
 _shtab_freshtoken_check_config_option_strings=(-h --help -c --config -v --verbose --log-format)
 _shtab_freshtoken_add_option_strings=(-h --help -c --config -v --verbose --log-format --provider --client-id --client-secret-env --client-secret-file --client-auth --scope --redirect-uri --token-url --authorize-url --set)
-_shtab_freshtoken_install_systemd_option_strings=(-h --help -c --config -v --verbose --log-format --user --root)
+_shtab_freshtoken_install_systemd_option_strings=(-h --help -c --config -v --verbose --log-format --user --root --force)
+_shtab_freshtoken_help_option_strings=(-h --help -c --config -v --verbose --log-format)
 _shtab_freshtoken_demo_option_strings=(-h --help -c --config -v --verbose --log-format --duration --lifetime)
 _shtab_freshtoken_option_strings=(-h --help -c --config -v --verbose --log-format --version)
 
@@ -33,8 +34,9 @@ _shtab_freshtoken_check_config___log_format_choices=(plain json)
 _shtab_freshtoken_add___log_format_choices=(plain json)
 _shtab_freshtoken_add___client_auth_choices=(basic post none)
 _shtab_freshtoken_install_systemd___log_format_choices=(plain json)
+_shtab_freshtoken_help___log_format_choices=(plain json)
 _shtab_freshtoken_demo___log_format_choices=(plain json)
-_shtab_freshtoken_pos_0_choices=(run login logout refresh get status check-config add install-systemd demo)
+_shtab_freshtoken_pos_0_choices=(run login logout refresh get status check-config add install-systemd help demo)
 _shtab_freshtoken___log_format_choices=(plain json)
 
 _shtab_freshtoken_run__h_nargs=0
@@ -82,6 +84,11 @@ _shtab_freshtoken_install_systemd___help_nargs=0
 _shtab_freshtoken_install_systemd__v_nargs=0
 _shtab_freshtoken_install_systemd___verbose_nargs=0
 _shtab_freshtoken_install_systemd___user_nargs=0
+_shtab_freshtoken_install_systemd___force_nargs=0
+_shtab_freshtoken_help__h_nargs=0
+_shtab_freshtoken_help___help_nargs=0
+_shtab_freshtoken_help__v_nargs=0
+_shtab_freshtoken_help___verbose_nargs=0
 _shtab_freshtoken_demo__h_nargs=0
 _shtab_freshtoken_demo___help_nargs=0
 _shtab_freshtoken_demo__v_nargs=0
