@@ -98,7 +98,12 @@ class Refresher:
 
     @contextlib.contextmanager
     def _transaction(self, account: Account) -> Iterator[tuple[StateTransaction, AccountState]]:
-        """The account's store transaction and its state with the config's seed applied (saved with the next save).
+        """The account's store transaction and its state with the config's seed applied.
+
+        The seeded state is saved with the transaction's next save (the answer,
+        or the error), never on its own before the request: a shared store's
+        save may end its lock (PostgreSQL commits), and a kill before the answer
+        is saved costs the same either way (the next run sends the seed again).
 
         A rotated refresh token held in memory (its save failed) is saved
         first; if it still cannot be, StateWriteError: the spent one stored is never sent.

@@ -1,4 +1,8 @@
-"""The state dir: one private JSON file per account, a lock per account, one daemon lock."""
+"""The state dir: one private JSON file per account, a lock per account, one daemon lock.
+
+The file implementation of statestore.StateStore: a state is written only in
+`with store.transaction(name) as tx`, which holds the account's flock.
+"""
 
 from __future__ import annotations
 
