@@ -40,9 +40,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import AccountSpec, clean_env, machine, read_state, write_config  # noqa: E402
 
 from freshtoken.devserver import AuthServer  # noqa: E402
+from freshtoken.model import Secret  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CLIENT = ("window-client", "window-secret")
+
+
+def next_refresh_token(stored: dict[str, object] | None, seed: str) -> object:
+    """The refresh token the next run would present: the state's, unless the state has not seen the config's seed yet.
+
+    The seeded state is saved with the answer (refresh.Refresher._transaction), not before the request,
+    so a kill in the window leaves no state at all: the next run then presents the seed, which the server consumed.
+    """
+    if stored is None or stored.get("seed") != Secret(seed).fingerprint():
+        return seed
+    return stored.get("refresh_token")
 
 
 class Relay:
@@ -208,7 +220,7 @@ class WindowRun:
         self.relay.done.wait(10)
         self.server.wait_until(lambda s: all(r.status is not None for r in s.requests[-3:]), 5)
         live = self.server.current_refresh_token(seed)
-        held = (read_state(state, "acct") or {}).get("refresh_token")
+        held = next_refresh_token(read_state(state, "acct"), seed)
         if code == 0:
             outcome = "finished"
         elif live is not None and held == live != seed:

@@ -242,7 +242,8 @@ def store_token(state_dir: Path, name: str, seed: str, token: str, *, expires_at
     """A state as an earlier daemon run would have left it."""
     access = AccessToken(Secret(token), "Bearer", expires_at)
     state = AccountState(refresh_token=Secret(seed), seed=Secret(seed).fingerprint(), access=access, last_refresh=last_refresh)
-    Store(state_dir).save(name, state)
+    with Store(state_dir).transaction(name) as tx:
+        tx.save(state)
 
 
 def token_in(dirs: dict[str, Path], name: str) -> str:

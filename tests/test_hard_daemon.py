@@ -227,11 +227,9 @@ def test_rescan_picks_up_a_new_login_that_replaced_a_valid_grant(server, clock, 
     daemon.startup()
     daemon.step()
     requests = server.token_requests
-    new = Store(dirs["state"]).load("a")
     access = AccessToken(Secret("logged-in-token"), "Bearer", clock() + HOUR)
-    Store(dirs["state"]).save(
-        "a", AccountState(refresh_token=Secret(server.issue_refresh_token()), seed=new.seed, access=access, last_refresh=clock())
-    )
+    with Store(dirs["state"]).transaction("a") as tx:
+        tx.save(AccountState(refresh_token=Secret(server.issue_refresh_token()), seed=tx.state.seed, access=access, last_refresh=clock()))
 
     daemon.request_rescan()
     daemon.step()  # the rescan plans `a` for now, and runs it

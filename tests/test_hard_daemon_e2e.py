@@ -30,7 +30,8 @@ def test_a_login_while_the_daemon_runs_is_picked_up_within_2_s(servers, cfg, dir
     assert (dirs["state"] / WAKE_SOCKET).exists()
 
     # What `freshtoken login a` leaves behind: a new grant in the state, then a word to the daemon.
-    Store(dirs["state"]).save("a", AccountState(refresh_token=Secret(server.issue_refresh_token(DEMO_CLIENT_ID))))
+    with Store(dirs["state"]).transaction("a") as tx:
+        tx.save(AccountState(refresh_token=Secret(server.issue_refresh_token(DEMO_CLIENT_ID))))
     woken = time.time()
     assert Store(dirs["state"]).wake_daemon()
 

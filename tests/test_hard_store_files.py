@@ -273,9 +273,8 @@ def test_the_sweep_never_deletes_the_files_of_an_account_named_like_a_temp_file(
     state, tokens = tmp_path / "state", tmp_path / "tokens"
     name = f"{TEMP_MARK}x"
     store = Store(state)
-    store.save(name, AccountState(refresh_token=Secret("R")))
-    with store.locked(name):
-        pass
+    with store.transaction(name) as tx:
+        tx.save(AccountState(refresh_token=Secret("R")))
     write_all(tokens, Account(name=name, token_url="http://127.0.0.1:1/t", client_id="x"), AccessToken(Secret("t"), "Bearer", 2e9))
     leftover = state / f"{TEMP_MARK}{name}.json.0badc0de"
     leftover.write_text("half")

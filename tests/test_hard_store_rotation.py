@@ -259,7 +259,8 @@ def test_a_login_written_meanwhile_wins_over_a_held_rotated_token(
     empty(small_fs)
     login = auth_server.issue_refresh_token(DEMO_CLIENT_ID)
     assert account.refresh_token is not None
-    Store(refresher.config.state_dir).save("demo", AccountState(refresh_token=Secret(login), seed=account.refresh_token.fingerprint()))
+    with Store(refresher.config.state_dir).transaction("demo") as tx:
+        tx.save(AccountState(refresh_token=Secret(login), seed=account.refresh_token.fingerprint()))
     refresher.refresh(account)
     assert sent(auth_server)[-1] == login
     assert refresher.unsaved == {}

@@ -520,8 +520,8 @@ STATE = AccountState(
 def test_store_creates_a_private_dir_and_private_files(tmp_path: Path) -> None:
     """The state dir is created 0700 and each state file 0600, whatever the umask."""
     store = Store(tmp_path / "state")
-    with umask(0):
-        store.save("spotify", STATE)
+    with umask(0), store.transaction("spotify") as tx:
+        tx.save(STATE)
     assert mode_of(tmp_path / "state") == 0o700
     assert mode_of(tmp_path / "state" / "spotify.json") == 0o600
     assert store.load("spotify") == STATE
@@ -557,8 +557,10 @@ def test_damaged_state_is_moved_aside(tmp_path: Path, damage: bytes) -> None:
     """On the write path an unreadable state file is moved to <name>.damaged-<time> with its bytes intact, and starts afresh."""
     store = Store(tmp_path)
     (tmp_path / "spotify.json").write_bytes(damage)
-    assert store.load_for_update("spotify") == AccountState()
-    assert not (tmp_path / "spotify.json").exists()
+    with store.transaction("spotify") as tx:
+        assert tx.state == AccountState()
+        tx.reserve()  # the first write of the transaction
+        assert not (tmp_path / "spotify.json").exists()
     [aside] = [p for p in tmp_path.iterdir() if p.name.startswith("spotify.json.damaged-")]
     assert aside.read_bytes() == damage
     assert aside.name.removeprefix("spotify.json.damaged-").isdigit()
@@ -568,17 +570,18 @@ def test_store_mtime(tmp_path: Path) -> None:
     """mtime is None before the first save and the file's mtime after."""
     store = Store(tmp_path)
     assert store.mtime("spotify") is None
-    store.save("spotify", STATE)
+    with store.transaction("spotify") as tx:
+        tx.save(STATE)
     assert store.mtime("spotify") == os.stat(tmp_path / "spotify.json").st_mtime
 
 
 def test_account_lock_times_out_as_a_temporary_error(tmp_path: Path) -> None:
     """While one holder has the account lock, another gives up after lock_timeout with a TemporaryError."""
-    with Store(tmp_path).locked("spotify"):
+    with Store(tmp_path).transaction("spotify"):
         with pytest.raises(TemporaryError, match="spotify: another freshtoken process has held the account lock"):
-            with Store(tmp_path, lock_timeout=0.1).locked("spotify"):
+            with Store(tmp_path, lock_timeout=0.1).transaction("spotify"):
                 pass
-        with Store(tmp_path).locked("other"):  # other accounts are not blocked
+        with Store(tmp_path).transaction("other"):  # other accounts are not blocked
             pass
 
 

@@ -21,8 +21,9 @@ from freshtoken.errors import InvalidGrant, RefreshFailed, TemporaryError
 from freshtoken.model import AccessToken, Secret, TokenResponse
 from freshtoken.oauth import Timeouts, TokenClient, make_session
 from freshtoken.outputs import OutputError
-from freshtoken.refresh import Refresher
+from freshtoken.refresh import Refresher, RefreshPolicy, apply_seed, merge
 from freshtoken.store import Store
+from freshtoken.timing import refresh_margin, skip_threshold
 
 ACCOUNT = """\
 state_dir: {state}
@@ -229,7 +230,7 @@ def test_load_is_a_read_that_never_writes_the_state(
 # ------------------------------------------------------------------ lock and skip
 
 
-def test_skip_if_valid_for_reads_the_state_after_taking_the_lock(
+def test_a_waiting_refresh_reads_the_state_after_taking_the_lock(
     make_config: MakeConfig, refresher_for: Callable[[Path], Refresher], auth_server: AuthServer, clock: FakeClock
 ) -> None:
     """A refresh waiting on the lock sees the token another process stored meanwhile, and sends no request."""
@@ -241,16 +242,14 @@ def test_skip_if_valid_for_reads_the_state_after_taking_the_lock(
     waiter.store.on_lock_busy = lambda account: blocked.set()
     account = holder.config.accounts["demo"]
     results = []
-    with holder.store.locked("demo"):
-        thread = threading.Thread(target=lambda: results.append(waiter.refresh(account, skip_if_valid_for=300)))
+    with holder.store.transaction("demo") as tx:
+        thread = threading.Thread(target=lambda: results.append(waiter.refresh(account, RefreshPolicy.IF_NEEDED)))
         thread.start()
         assert blocked.wait(timeout=30)  # it found the lock held, before reading any state
         assert results == []
         # What another process would have done while holding the lock.
         response = holder.client.refresh(account, Secret(seed))
-        from freshtoken.refresh import merge
-
-        holder.store.save("demo", merge(holder._load_locked(account), response, clock.now))
+        tx.save(merge(apply_seed(account, tx.state, clock.now), response, clock.now), rotated=True)
     thread.join(timeout=10)
     (result,) = results
     assert result.refreshed is False
@@ -258,18 +257,24 @@ def test_skip_if_valid_for_reads_the_state_after_taking_the_lock(
     assert (holder.config.token_dir / "demo.token").read_text() == response.access.access_token.reveal() + "\n"
 
 
-def test_skip_if_valid_for_refreshes_a_token_inside_the_window(
-    make_config: MakeConfig, refresher_for: Callable[[Path], Refresher], auth_server: AuthServer, clock: FakeClock
+@pytest.mark.parametrize("policy", [RefreshPolicy.IF_NEEDED, RefreshPolicy.SCHEDULED])
+def test_a_policy_refreshes_only_a_token_inside_its_window(
+    policy: RefreshPolicy, make_config: MakeConfig, refresher_for: Callable[[Path], Refresher], auth_server: AuthServer, clock: FakeClock
 ) -> None:
-    """A token valid for less than skip_if_valid_for is refreshed; one valid for longer is only written out."""
+    """IF_NEEDED sends only inside the refresh margin, SCHEDULED only inside timing's skip threshold; ALWAYS sends anyway."""
     seed = auth_server.issue_refresh_token(DEMO_CLIENT_ID)
     refresher = refresher_for(make_config(seed_line(seed)))
     account = refresher.config.accounts["demo"]
-    refresher.refresh(account)
-    assert refresher.refresh(account, skip_if_valid_for=3599).refreshed is False
-    clock.advance(3400)
-    assert refresher.refresh(account, skip_if_valid_for=300).refreshed is True
-    assert auth_server.refreshes_ok == 2
+    state = refresher.refresh(account).state
+    assert state.access is not None
+    margin = refresh_margin(None, state)
+    window = margin if policy is RefreshPolicy.IF_NEEDED else skip_threshold(margin)
+    clock.advance(state.access.expires_at - clock.now - window - 1)  # 1 s outside the window
+    assert refresher.refresh(account, policy).refreshed is False
+    assert refresher.refresh(account).refreshed is True  # RefreshPolicy.ALWAYS, the default
+    clock.advance(3600 - window + 1)  # 1 s inside the window of the new token
+    assert refresher.refresh(account, policy).refreshed is True
+    assert auth_server.refreshes_ok == 3
 
 
 # ------------------------------------------------------------------ failures

@@ -446,14 +446,16 @@ def cmd_get(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], 
 
 def cmd_refresh(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
     from freshtoken.durations import humanize
+    from freshtoken.refresh import RefreshPolicy
 
     config = _load_config(args, environ)
     _setup_logging(args, args.verbose, environ, err, accounts=lambda: config.accounts)
     refresher = _make_refresher(config)
+    policy = RefreshPolicy.IF_NEEDED if args.if_needed else RefreshPolicy.ALWAYS
     worst = 0
     for account in _select_accounts(config, args.accounts):
         try:
-            result = refresher.refresh(account, skip_if_valid_for=refresher.margin if args.if_needed else None)
+            result = refresher.refresh(account, policy)
         except FreshtokenError as exc:
             print(f"{account.name}: failed: {exc}", file=err)
             worst = _worse(worst, exc.exit_code)

@@ -52,7 +52,7 @@ from freshtoken.hooks import run_hook
 from freshtoken.model import Account, AccountState, Config
 from freshtoken.oauth import TokenClient, make_session
 from freshtoken.pacing import PacedTokenClient
-from freshtoken.refresh import Refresher
+from freshtoken.refresh import Refresher, RefreshPolicy
 from freshtoken.status import HEARTBEAT_FILE
 from freshtoken.store import WAKE_SOCKET, Store
 from freshtoken.timing import PERMANENT_BASE, REFRESH_TOKEN_WARN_EVERY, Plan, bounded, expiring_soon, plan_next
@@ -354,9 +354,9 @@ class Daemon:
         outcome: AccountState | FreshtokenError
         refreshed = False
         try:
-            threshold = None if job.force else self.refresher.scheduled_threshold
+            policy = RefreshPolicy.ALWAYS if job.force else RefreshPolicy.SCHEDULED
             with self._token_expiry(job.expires_at):
-                result = self.refresher.refresh(job.account, skip_if_valid_for=threshold)
+                result = self.refresher.refresh(job.account, policy)
             outcome, refreshed = result.state, result.refreshed
         except FreshtokenError as exc:
             outcome = exc

@@ -42,7 +42,6 @@ from freshtoken.errors import (
     FreshtokenError,
     InvalidGrant,
     LoginFailed,
-    StateUnusable,
     TemporaryError,
     TokenUnavailable,
     UsageError,
@@ -409,13 +408,11 @@ def logout(
     try:
         # Under the account lock: a refresh running now would rotate the token we revoke, or write
         # the files we delete; one that waits finds no state and stops at "needs login".
-        with store.locked(name):
-            try:
-                state = store.load(name)
-            except StateUnusable as exc:
-                notes.append(f"{exc}; deleting it")
-                state = AccountState()
-            state = apply_seed(account, state, clock())
+        with store.transaction(name) as tx:
+            if tx.unusable is not None:
+                notes.append(f"{tx.unusable}; deleting it")
+                tx.delete()
+            state = apply_seed(account, tx.state, clock())
             token = state.refresh_token
             if token is None:
                 notes.append("no refresh token was stored; nothing to revoke")
@@ -436,15 +433,14 @@ def logout(
                 )
             if account.refresh_token is not None:
                 # A state that remembers the config's refresh_token as used, or the next run would seed from it again.
-                store.save(
-                    name,
+                tx.save(
                     AccountState(
                         seed=account.refresh_token.fingerprint(), needs_login=True, last_error="logged out", last_error_at=clock()
                     ),
                 )
                 notes.append(f"the config still has a refresh_token for {name}: remove it from {config.file}")
             else:
-                store.delete(name)
+                tx.delete()
             removed, failed = outputs.remove_all(config.token_dir, account)
             problems += [f"could not delete {failure}" for failure in failed]
     finally:

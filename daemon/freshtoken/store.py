@@ -1,4 +1,8 @@
-"""The state dir: one private JSON file per account, a lock per account, one daemon lock."""
+"""The state dir: one private JSON file per account, a lock per account, one daemon lock.
+
+The file implementation of statestore.StateStore: a state is written only in
+`with store.transaction(name) as tx`, which holds the account's flock.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import logging
 import os
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +33,7 @@ from freshtoken.fsutil import (
     owner_as_root,
 )
 from freshtoken.model import AccountState
+from freshtoken.statestore import SaveFailed
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +85,7 @@ class Store:
         self.on_lock_busy = on_lock_busy
         self.owner: Owner | None = None  # root keeps the state dir's owner on every file it creates here
         self._ready = False
+        self._held = threading.local()  # the accounts whose transaction this thread is in
 
     def prepare(self) -> None:
         """Create the dir 0700 (tightening a wider one), check its owner, clear temp files from a crash.
@@ -125,10 +132,24 @@ class Store:
         return self.dir / f"{account}.json"
 
     @contextlib.contextmanager
-    def locked(self, account: str) -> Iterator[None]:
-        """Hold the account's exclusive lock. Re-read the state inside: it may have changed while we waited."""
+    def transaction(self, account: str) -> Iterator[FileTransaction]:
+        """Hold the account's exclusive lock and yield its state, read under it (see statestore.StateTransaction)."""
+        with self._locked(account):
+            tx = FileTransaction(self, account)
+            try:
+                yield tx
+            finally:
+                tx.discard()
+
+    @contextlib.contextmanager
+    def _locked(self, account: str) -> Iterator[None]:
         self.prepare()
         path = self.dir / f"{account}.lock"
+        # A second flock on another fd blocks even in the same process: a nested transaction
+        # (store.delete() inside one, say) would wait lock_timeout on itself. Say so at once.
+        held: set[str] = self._held.__dict__.setdefault("accounts", set())
+        if account in held:
+            raise RuntimeError(f"{account}: this thread already holds the account's transaction; use its tx.save() or tx.delete()")
         busy = self.on_lock_busy
         on_busy = None if busy is None else functools.partial(busy, account)
         with contextlib.ExitStack() as stack:
@@ -140,7 +161,11 @@ class Store:
                 ) from None
             except OSError as exc:
                 raise StateWriteError(f"cannot open lock {path}: {_reason(exc)}") from None
-            yield
+            held.add(account)
+            try:
+                yield
+            finally:
+                held.discard(account)
 
     def load(self, account: str) -> AccountState:
         """The stored state, read only: never changes anything on disk (`status` and `get` use it).
@@ -153,67 +178,13 @@ class Store:
         except OSError as exc:
             raise FreshtokenError(f"cannot read state {path}: {_reason(exc)}") from None
 
-    def load_for_update(self, account: str) -> AccountState:
-        """As load(), but a file this code cannot use is moved aside and the state starts afresh.
-
-        Only under the account lock (the write path): readers must have no side effects.
-        """
-        try:
-            return self.load(account)
-        except StateUnusable as exc:
-            # Writes are atomic, so this is damage from outside (an editor, a disk, another version).
-            # Keep the evidence and start over from the config's seed.
-            path = self.path(account)
-            aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
-            try:
-                os.replace(path, aside)
-            except OSError as move:
-                raise StateWriteError(f"{exc}; cannot move it aside: {aside}: {_reason(move)}") from None
-            log.error("%s; moved it to %s and starting afresh", exc, aside)
-            return AccountState()
-
-    def reserve(self, account: str) -> PendingWrite:
-        """A temp file for the account's next state, its disk space allocated now: StateWriteError if it cannot be."""
-        self.prepare()
-        path = self.path(account)
-        try:
-            return PendingWrite(path, STATE_FILE_MODE, owner=self.owner, reserve=RESERVE, keep_old=True)
-        except OSError as exc:
-            raise StateWriteError(f"cannot write state {path}: {_reason(exc)}") from None
-
-    def save(self, account: str, state: AccountState, *, pending: PendingWrite | None = None) -> None:
-        """Replace the account's state file (through `pending`, from reserve(), if given). Raises StateWriteError."""
-        try:
-            self.commit(account, state, pending=pending)
-        except OSError as exc:
-            raise StateWriteError(f"cannot write state {self.path(account)}: {_reason(exc)}") from None
-
-    def commit(self, account: str, state: AccountState, *, pending: PendingWrite | None = None, durable_first: bool = True) -> None:
-        """As save(), raising the OSError itself; `durable_first` as in PendingWrite.commit."""
-        self.prepare()
-        data = json.dumps(state.to_json(), sort_keys=True).encode() + b"\n"  # no indent: the C encoder, 5x faster
-        writer = pending or PendingWrite(self.path(account), STATE_FILE_MODE, owner=self.owner)
-        writer.commit(data, durable_first=durable_first)
-
     def delete(self, account: str) -> bool:
-        """Remove the account's state file (under the account lock: `logout`); False if there was none.
+        """Remove the account's state file in a transaction of its own; False if there was none.
 
         The lock file stays: another process may be waiting on it. Raises StateWriteError.
         """
-        path = self.path(account)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise StateWriteError(f"cannot delete state {path}: {_reason(exc)}") from None
-        with contextlib.suppress(OSError):  # the entry's removal made durable; the unlink itself has happened
-            fd = open_dir(self.dir)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        return True
+        with self.transaction(account) as tx:
+            return tx.delete()
 
     def mtime(self, account: str) -> float | None:
         try:
@@ -263,6 +234,98 @@ class Store:
         """
         self.prepare()
         return DaemonLock(self.dir / "daemon.pid", owner=self.owner, token_dir=token_dir)
+
+
+class FileTransaction:
+    """One account's state file under the account lock: statestore.StateTransaction for the state dir.
+
+    A state file this code cannot use reads as an empty state (starting afresh
+    from the config's seed); it is moved to `<name>.damaged-<time>` only when the
+    transaction first writes (reserve or save), and deleted by delete(): a
+    transaction that only reads changes nothing on disk.
+    """
+
+    def __init__(self, store: Store, account: str) -> None:
+        self.account = account
+        self.path = store.path(account)
+        self._owner = store.owner
+        self._pending: PendingWrite | None = None
+        self.unusable: StateUnusable | None = None  # why the file on disk could not be used, until it is set aside
+        try:
+            self.state = store.load(account)
+        except StateUnusable as exc:
+            self.unusable = exc
+            self.state = AccountState()
+
+    def _set_aside(self) -> None:
+        # Writes are atomic, so an unusable file is damage from outside (an editor, a disk, another
+        # version): keep the evidence, out of the way of the state that replaces it.
+        if self.unusable is None:
+            return
+        aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+        try:
+            os.replace(self.path, aside)
+        except FileNotFoundError:
+            pass
+        except OSError as move:
+            raise StateWriteError(f"{self.unusable}; cannot move it aside: {aside}: {_reason(move)}") from None
+        else:
+            log.error("%s; moved it to %s and starting afresh", self.unusable, aside)
+        self.unusable = None
+
+    def reserve(self) -> None:
+        """Create the next state's temp file now, its disk space allocated; SaveFailed if it cannot be (send nothing then)."""
+        self._set_aside()
+        if self._pending is None:
+            try:
+                self._pending = PendingWrite(self.path, STATE_FILE_MODE, owner=self._owner, reserve=RESERVE, keep_old=True)
+            except OSError as exc:
+                raise SaveFailed(str(self.path), _reason(exc)) from None
+
+    def save(self, state: AccountState, *, rotated: bool = False) -> None:
+        """Replace the state file (through the reservation, if any); SaveFailed if it could not be.
+
+        Not rotated: fsync, then rename, so a power loss leaves the whole old
+        file or the whole new one (the old refresh token still works). Rotated:
+        rename, then fsync (PendingWrite.commit(durable_first=False)): the old
+        file's refresh token is spent, and the new one is in place one step
+        after the answer was parsed instead of after a disk flush. Either way
+        save() returns only once both the file and the directory are fsynced.
+        """
+        self._set_aside()
+        data = json.dumps(state.to_json(), sort_keys=True).encode() + b"\n"  # no indent: the C encoder, 5x faster
+        writer, self._pending = self._pending, None
+        try:
+            writer = writer or PendingWrite(self.path, STATE_FILE_MODE, owner=self._owner)
+            writer.commit(data, durable_first=not rotated)
+        except OSError as exc:
+            raise SaveFailed(str(self.path), _reason(exc)) from None
+        self.state = state
+
+    def delete(self) -> bool:
+        """Remove the state file, an unusable one too; False if there was none. Raises StateWriteError."""
+        self.discard()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StateWriteError(f"cannot delete state {self.path}: {_reason(exc)}") from None
+        finally:
+            self.state, self.unusable = AccountState(), None
+        with contextlib.suppress(OSError):  # the entry's removal made durable; the unlink itself has happened
+            fd = open_dir(self.path.parent)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return True
+
+    def discard(self) -> None:
+        """Give back an unused reservation (at the end of the block)."""
+        if self._pending is not None:
+            self._pending.discard()
+            self._pending = None
 
 
 class DaemonLock:
