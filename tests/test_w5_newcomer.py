@@ -339,7 +339,8 @@ def test_status_for_a_group_reader_shows_the_token_files_expiry_and_exits_0(open
     config.chmod(0o644)
     now = time.time()
     access = AccessToken(Secret("tok"), "Bearer", now + 3000)
-    Store(state_dir).save("spotify", AccountState(refresh_token=Secret("rt"), access=access, last_refresh=now - 600))
+    with Store(state_dir).transaction("spotify") as tx:
+        tx.save(AccountState(refresh_token=Secret("rt"), access=access, last_refresh=now - 600))
     write_all(token_dir, Account(name="spotify", token_url="http://127.0.0.1:1/token", client_id="abc"), access)
     state_dir.chmod(0o700)
     token_dir.chmod(0o750)
