@@ -1,4 +1,4 @@
-"""A devserver.AuthServer in its own process for the benchmarks, so its CPU is never counted as the daemon's.
+"""A freshtoken.testing.AuthServer in its own process for the benchmarks, so its CPU is never counted as the daemon's.
 
     python bench/authserver.py --accounts 1000 --lifetime 120 --tokens-out seeds.json
 
@@ -17,58 +17,9 @@ import argparse
 import json
 import random
 import sys
-import threading
-import time
 from typing import Any
 
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FAULT_KINDS, AuthServer, _json_bytes, _Reply
-
-
-class CountingAuthServer(AuthServer):
-    """An AuthServer that also counts token requests in flight: from arrival (and any scripted delay) to answer."""
-
-    def __init__(self, *, rate_limit: float = 0.0, rate_limit_retry_after: int = 1, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.rate_limit = rate_limit
-        self.rate_limit_retry_after = rate_limit_retry_after
-        self.rate_limited = 0
-        self._bucket = rate_limit  # a provider's own limit: one second's worth of burst, then `rate_limit` a second
-        self._bucket_at = time.monotonic()
-        self._inflight_lock = threading.Lock()
-        self._mine = threading.local()  # each connection has its own handler thread
-        self.inflight = 0
-        self.max_inflight = 0
-
-    def _plan_token_request(self) -> Any:
-        with self._inflight_lock:
-            self.inflight += 1
-            self.max_inflight = max(self.max_inflight, self.inflight)
-        self._mine.counted = True
-        if self.rate_limit and self._over_limit():
-            with self._changed:
-                self.token_requests += 1
-                self._changed.notify_all()
-            body = _json_bytes({"error": "too_many_requests", "error_description": "rate limit"})
-            return _Reply(429, body, {"Content-Type": "application/json", "Retry-After": str(self.rate_limit_retry_after)})
-        return super()._plan_token_request()
-
-    def _over_limit(self) -> bool:
-        with self._inflight_lock:
-            now = time.monotonic()
-            self._bucket = min(self.rate_limit, self._bucket + (now - self._bucket_at) * self.rate_limit)
-            self._bucket_at = now
-            if self._bucket < 1:
-                self.rate_limited += 1
-                return True
-            self._bucket -= 1
-            return False
-
-    def _answered(self) -> None:
-        if getattr(self._mine, "counted", False):
-            self._mine.counted = False
-            with self._inflight_lock:
-                self.inflight -= 1
-        super()._answered()
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FAULT_KINDS, AuthServer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-limit-retry-after", type=int, default=1, help="the Retry-After of those 429s (seconds)")
     args = parser.parse_args(argv)
 
-    server = CountingAuthServer(
+    server = AuthServer(
         rate_limit=args.rate_limit,
         rate_limit_retry_after=args.rate_limit_retry_after,
         token_lifetime=args.lifetime,

@@ -47,7 +47,7 @@ from harness import (
     write_config,
 )
 
-from freshtoken.devserver import AuthServer
+from freshtoken.testing import AuthServer
 from freshtoken.fsutil import TEMP_MARK
 from freshtoken.model import Secret
 

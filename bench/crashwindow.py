@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import AccountSpec, clean_env, machine, read_state, write_config  # noqa: E402
 
-from freshtoken.devserver import AuthServer  # noqa: E402
+from freshtoken.testing import AuthServer  # noqa: E402
 from freshtoken.model import Secret  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from harness import AccountSpec, DaemonProcess, Sampler, wait_for, write_config
 
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FAULT_KINDS, AuthServer
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FAULT_KINDS, AuthServer
 
 
 @dataclass

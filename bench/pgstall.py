@@ -44,7 +44,7 @@ import requests
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer  # noqa: E402
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer  # noqa: E402
 from freshtoken.model import AccessToken, AccountState, Secret  # noqa: E402
 from freshtoken.pgstore import FencedOff, LockLost, PgStore, PgTimeouts  # noqa: E402
 

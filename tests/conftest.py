@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helpers (fakes, oidcprovider) import as top-level modules
 
 from fakes import FakeClock  # noqa: E402
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer  # noqa: E402
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer  # noqa: E402
 
 LEAKY_VARIABLES = (
     "FRESHTOKEN_CONFIG",

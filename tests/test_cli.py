@@ -15,9 +15,9 @@ import pytest
 
 from freshtoken import cli
 from freshtoken.config import Account
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from freshtoken.model import AccessToken, Secret
 from freshtoken.outputs import write_all
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 
 TWO_ACCOUNTS = """\
 state_dir: {state}

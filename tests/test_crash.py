@@ -31,11 +31,11 @@ from crashkit import CrashLoop, CrashReport  # noqa: E402
 from harness import clean_env  # noqa: E402
 
 from freshtoken.config import load  # noqa: E402
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer  # noqa: E402
 from freshtoken.errors import InvalidGrant, TemporaryError  # noqa: E402
 from freshtoken.oauth import Timeouts, TokenClient, make_session  # noqa: E402
 from freshtoken.refresh import Refresher  # noqa: E402
 from freshtoken.store import Store  # noqa: E402
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer  # noqa: E402
 
 KILLS = int(os.environ.get("FRESHTOKEN_TEST_CRASH_KILLS", "50"))  # bench/crash.py runs hundreds
 

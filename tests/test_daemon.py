@@ -24,13 +24,13 @@ import pytest
 from fakes import FakeClock
 from freshtoken import config as config_module
 from freshtoken.daemon import AccountView, Daemon
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from freshtoken.errors import InvalidGrant, RefreshFailed, TemporaryError
 from freshtoken.model import AccessToken, AccountState, Secret
 from freshtoken.outputs import OutputError
 from freshtoken.pacing import PacedTokenClient
 from freshtoken.refresh import Refresher
 from freshtoken.store import Store
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from freshtoken.timing import MAX_PLAN, PERMANENT_BASE, bounded, plan_next
 
 HOUR = 3600.0

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from fakes import FakeClock
-from freshtoken.devserver import (
+from freshtoken.testing import (
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
     DEMO_PUBLIC_CLIENT_ID,
@@ -555,8 +555,8 @@ def test_restart_after_stop_keeps_the_port_and_the_grants() -> None:
 
 
 def test_main_prints_urls_and_a_refresh_token_that_works() -> None:
-    """`python -m freshtoken.devserver` prints its URLs and a seeded refresh token that refreshes."""
-    proc = subprocess.Popen([sys.executable, "-m", "freshtoken.devserver", "--lifetime", "5"], stdout=subprocess.PIPE, text=True)
+    """`python -m freshtoken.testing` prints its URLs and a seeded refresh token that refreshes."""
+    proc = subprocess.Popen([sys.executable, "-m", "freshtoken.testing", "--lifetime", "5"], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         printed: dict[str, str] = {}

@@ -14,12 +14,12 @@ import test_daemon
 from freshtoken import config as config_module
 from freshtoken.config import Account
 from freshtoken.daemon import Daemon
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from freshtoken.errors import RotatedTokenNotSaved, StateWriteError, TemporaryError
 from freshtoken.model import AccessToken, AccountState, Secret, TokenResponse
 from freshtoken.oauth import Timeouts, make_session
 from freshtoken.pacing import PacedTokenClient
 from freshtoken.store import Store
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from freshtoken.timing import PERMANENT_BASE, plan_next
 from test_daemon import account_yaml, jobs_by_id, run_until, seeded, store_token, token_in, view
 from test_pacing import SleepingClock

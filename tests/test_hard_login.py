@@ -20,10 +20,10 @@ import requests
 
 import test_login as tl
 from freshtoken import config as config_module
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from freshtoken.errors import TemporaryError
 from freshtoken.login import _read_head, login
 from freshtoken.store import Store
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 
 make_config = tl.make_config  # the fixture: one account `demo` against auth_server
 WAIT = tl.WAIT

@@ -22,11 +22,11 @@ import pytest
 from fakes import FakeClock
 from freshtoken import cli
 from freshtoken.config import Account
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from freshtoken.errors import MalformedAnswer, RefreshFailed, TemporaryError
 from freshtoken.formats import render_values
 from freshtoken.model import Secret
 from freshtoken.oauth import MAX_ANSWER, Timeouts, TokenClient, clean_server_text, make_session
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 
 MiB = 1024 * 1024
 

@@ -25,7 +25,6 @@ import pytest
 from freshtoken import cli
 from freshtoken import config as config_module
 from freshtoken.config import Account
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from freshtoken.errors import AlreadyRunning, FreshtokenError
 from freshtoken.fsutil import TEMP_MARK, clean_stale_temps
 from freshtoken.model import AccessToken, AccountState, Secret
@@ -33,6 +32,7 @@ from freshtoken.oauth import Timeouts, TokenClient, make_session
 from freshtoken.outputs import write_all
 from freshtoken.refresh import Refresher
 from freshtoken.store import Store
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 
 NOBODY = 65534
 OWNER, GROUP = 4242, 4243  # ids of no one in particular: root may chown to any

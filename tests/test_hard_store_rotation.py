@@ -21,13 +21,13 @@ from fakes import FakeClock
 from freshtoken import cli
 from freshtoken import config as config_module
 from freshtoken.config import Account
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from freshtoken.errors import MalformedAnswer, RotatedTokenNotSaved, StateWriteError
 from freshtoken.fsutil import RESERVE
 from freshtoken.model import AccountState, Secret, TokenResponse
 from freshtoken.oauth import Timeouts, TokenClient, make_session
 from freshtoken.refresh import Refresher
 from freshtoken.store import Store
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 
 CONFIG = """\
 state_dir: {state}

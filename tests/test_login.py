@@ -27,9 +27,9 @@ import requests
 
 from freshtoken import config as config_module
 from freshtoken.cli import main
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PUBLIC_CLIENT_ID, AuthServer
 from freshtoken.errors import FreshtokenError
 from freshtoken.login import login, parse_pasted, with_port
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PUBLIC_CLIENT_ID, AuthServer
 from oidcprovider import (
     SCOPE,
     OidcProvider,

@@ -17,8 +17,8 @@ import test_daemon
 from fakes import FakeClock
 from freshtoken.config import load
 from freshtoken.daemon import Daemon
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from freshtoken.metrics import MetricsServer, serve
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from test_daemon import run_until
 
 own_signals = test_daemon.own_signals  # a fixture: Daemon.run installs signal handlers

@@ -21,12 +21,12 @@ from fakes import FakeClock
 from freshtoken import cli
 from freshtoken import config as config_module
 from freshtoken.config import Account
-from freshtoken.devserver import AuthServer
 from freshtoken.errors import FreshtokenError, InvalidGrant
 from freshtoken.model import Secret
 from freshtoken.oauth import Timeouts, TokenClient, make_session
 from freshtoken.refresh import Refresher
 from freshtoken.store import Store
+from freshtoken.testing import AuthServer
 
 CLIENT_ID = "leak-test-client"
 CLIENT_SECRET = "CLIENTSECRET-4f9a1c-never-print-me"

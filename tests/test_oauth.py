@@ -13,10 +13,10 @@ import pytest
 
 from fakes import FakeClock
 from freshtoken.config import Account
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PUBLIC_CLIENT_ID, AuthServer
 from freshtoken.errors import FreshtokenError, InvalidGrant, MalformedAnswer, RefreshFailed, TemporaryError
 from freshtoken.model import Secret
 from freshtoken.oauth import Timeouts, TokenClient, make_session
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PUBLIC_CLIENT_ID, AuthServer
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import pytest
 
 from fakes import FakeClock
 from freshtoken.config import Account
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from freshtoken.errors import TemporaryError
 from freshtoken.model import Secret
 from freshtoken.oauth import Timeouts, make_session
 from freshtoken.pacing import PacedTokenClient, RateLimiter
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 
 
 class SleepingClock(FakeClock):

@@ -16,13 +16,13 @@ import pytest
 from fakes import FakeClock
 from freshtoken import config as config_module
 from freshtoken.config import Config
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from freshtoken.errors import InvalidGrant, RefreshFailed, TemporaryError
 from freshtoken.model import AccessToken, Secret, TokenResponse
 from freshtoken.oauth import Timeouts, TokenClient, make_session
 from freshtoken.outputs import OutputError
 from freshtoken.refresh import Refresher, RefreshPolicy, apply_seed, merge
 from freshtoken.store import Store
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from freshtoken.timing import refresh_margin, skip_threshold
 
 ACCOUNT = """\

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from freshtoken import cli, systemd
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 
 TWO = """\
 state_dir: {state}

@@ -22,10 +22,10 @@ import pytest
 
 from fakes import FakeClock
 from freshtoken import config as config_module
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PUBLIC_CLIENT_ID, AuthServer
 from freshtoken.errors import FreshtokenError, MalformedAnswer, TemporaryError
 from freshtoken.login import device_login
 from freshtoken.oauth import TokenClient, parse_device_code
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_PUBLIC_CLIENT_ID, AuthServer
 from oidcprovider import OidcProvider, approve_device_over_http, provider_unavailable_reason
 
 WAIT = 20.0

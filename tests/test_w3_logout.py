@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from freshtoken.cli import main
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from oidcprovider import SCOPE, OidcProvider, approve_over_http, callback_params, pkce_pair, provider_unavailable_reason
 
 

@@ -17,11 +17,11 @@ import test_login as tl
 from freshtoken import cli, units
 from freshtoken import config as config_module
 from freshtoken.daemon import Daemon
-from freshtoken.devserver import DEMO_CLIENT_ID, AuthServer
 from freshtoken.login import get_command
 from freshtoken.model import Secret
 from freshtoken.refresh import Refresher
 from freshtoken.store import Store
+from freshtoken.testing import DEMO_CLIENT_ID, AuthServer
 from test_daemon import account_yaml, view
 
 server, mono, write, make_daemon, logs = test_daemon.server, test_daemon.mono, test_daemon.write, test_daemon.make_daemon, test_daemon.logs

@@ -12,11 +12,11 @@ import pytest
 
 from freshtoken import config as config_module
 from freshtoken.cli import main
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 from freshtoken.model import AccountState, Secret
 from freshtoken.oauth import Timeouts, TokenClient, make_session
 from freshtoken.refresh import Refresher
 from freshtoken.store import Store
+from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 
 DAMAGED = b'{"access_token": "A", "expires_at": 1e300, "refresh_token": "R"}'
 CONFIG = (

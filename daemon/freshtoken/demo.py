@@ -16,7 +16,7 @@ from typing import IO
 
 from freshtoken import config as config_module
 from freshtoken.daemon import Daemon
-from freshtoken.devserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
+from freshtoken.demoserver import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DemoServer
 from freshtoken.model import Config, OutputFormat
 from freshtoken.outputs import all_outputs
 from freshtoken.units import this_command
@@ -61,7 +61,7 @@ def demo(*, duration: float | None, lifetime: float, out: IO[str]) -> int:
 
 
 def _run(root: Path, *, duration: float | None, lifetime: float, out: IO[str]) -> int:
-    with AuthServer(token_lifetime=lifetime) as server:
+    with DemoServer(token_lifetime=lifetime) as server:
         path = root / "freshtoken.yaml"
         path.write_text(render_config(root, server.token_url, lifetime))
         os.chmod(path, 0o600)

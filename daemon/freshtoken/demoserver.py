@@ -1,6 +1,8 @@
-"""A loopback OAuth 2.0 authorization server for `freshtoken demo`, the tests and the benchmarks.
+"""The loopback OAuth 2.0 authorization server behind `freshtoken demo`.
 
-Stdlib only; grants live in memory; token-endpoint replies can be scripted or randomly faulted.
+Stdlib only; grants live in memory. It speaks what the demo and a first try need: the token endpoint
+(refresh_token with rotation and reuse revocation, client_credentials, authorization_code with PKCE) and
+the authorize page. `freshtoken.testing.AuthServer` builds on it with scripting, faults, a request log and more.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import hashlib
 import hmac
 import http.server
 import json
-import random
 import re
 import secrets
 import socket
@@ -22,20 +23,12 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
-__all__ = [
-    "DEMO_CLIENT_ID",
-    "DEMO_CLIENT_SECRET",
-    "DEMO_PUBLIC_CLIENT_ID",
-    "FAULT_KINDS",
-    "AuthServer",
-    "RequestRecord",
-    "main",
-]
+__all__ = ["DEMO_CLIENT_ID", "DEMO_CLIENT_SECRET", "DEMO_PUBLIC_CLIENT_ID", "DemoServer", "RequestRecord"]
 
 DEMO_CLIENT_ID = "freshtoken-demo"
 DEMO_CLIENT_SECRET = "freshtoken-demo-secret"
@@ -43,15 +36,6 @@ DEMO_PUBLIC_CLIENT_ID = "freshtoken-demo-public"
 
 TOKEN_PATH = "/api/token"
 AUTHORIZE_PATH = "/authorize"
-REVOKE_PATH = "/revoke"
-ME_PATH = "/v1/me"
-DEVICE_PATH = "/device/code"  # RFC 8628 device authorization endpoint
-VERIFY_PATH = "/device"  # the verification_uri shown to the user (approve with approve_device())
-DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-
-# What fault mode mixes, drawn uniformly: three 5xx, a 429 with Retry-After,
-# a hang that ends in 504, and a connection reset without any answer.
-FAULT_KINDS: tuple[str, ...] = ("500", "502", "503", "429", "hang", "reset")
 
 CODE_LIFETIME = 600.0  # RFC 6749 §4.1.2 recommends at most 10 minutes
 # Consumed refresh tokens are remembered per grant so reuse can be detected;
@@ -82,24 +66,6 @@ class RequestRecord:
     form: dict[str, str]
     time: float
     status: int | None = None
-
-
-@dataclass(frozen=True)
-class _Reply:
-    """A planned token-endpoint reply; status None means "answer normally"."""
-
-    status: int | None = None
-    body: bytes = b""
-    headers: Mapping[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    drop: bool = False
-    process: bool = False
-
-
-@dataclass
-class _Scripted:
-    reply: _Reply
-    times_left: int
 
 
 @dataclass
@@ -141,19 +107,6 @@ class _Code:
     expires_at: float
     used: bool = False
     grant: _Grant | None = None
-
-
-@dataclass(eq=False)
-class _DeviceCode:
-    """One device authorization (RFC 8628): pending until approve_device() or deny_device(), then spent."""
-
-    client_id: str
-    scope: str
-    user_code: str
-    expires_at: float
-    interval: float  # what the client must wait between polls; slow_down adds 5 s
-    last_poll: float | None = None
-    status: str = "pending"  # pending | approved | denied | spent
 
 
 class _OAuthError(Exception):
@@ -201,15 +154,12 @@ def _with_query(uri: str, params: Mapping[str, str | None]) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
-class AuthServer:
-    """An in-memory OAuth 2.0 authorization server on loopback HTTP.
+class DemoServer:
+    """An in-memory OAuth 2.0 authorization server on loopback HTTP, as small as `freshtoken demo` needs.
 
     Endpoints (relative to `.url`): `POST /api/token` (grants `refresh_token`,
-    `client_credentials`, `authorization_code` with PKCE, and RFC 8628's device_code),
-    `GET /authorize` (auto-approves with a 302 to the redirect URI), `POST /revoke`
-    (RFC 7009), `POST /device/code` (RFC 8628 device authorization; the user's part is
-    approve_device() / deny_device()) and `GET /v1/me` (a protected resource proving
-    an access token works).
+    `client_credentials` and `authorization_code` with PKCE) and `GET /authorize`
+    (auto-approves with a 302 to the redirect URI).
 
     Clients authenticate with HTTP Basic (id and secret form-urlencoded before
     base64, RFC 6749 §2.3.1), with `client_id`/`client_secret` in the body, or as
@@ -225,21 +175,15 @@ class AuthServer:
     (rotation does not extend it, as at Spotify) and adds the remaining seconds
     to token answers. All expiry follows `clock`.
 
-    Token-endpoint replies can be queued with `script()`; `strict=True` makes an
-    unscripted token request answer 500 `{"error": "unscripted"}`;
-    `fault_rate` mixes random FAULT_KINDS drawn from `rng`, where a hang lasts
-    `fault_hang` seconds then answers 504 without touching any grant.
-
-    `spotify_quirks=True` answers `invalid_client` with 400 (spotify/web-api#1372)
-    and uses Spotify's error descriptions.
-
     These attributes may be changed while the server runs: token_lifetime,
     rotate_refresh_tokens, revoke_grant_on_reuse, refresh_token_expires_in,
-    deny_authorization, strict, fault_rate, fault_hang, fault_retry_after,
-    token_type, expires_in_as_string, invalid_client_status.
+    deny_authorization.
     Counters (read-only): token_requests, refreshes_ok, tokens_issued,
-    reuse_count, connections, faults (a Counter by kind).
+    reuse_count, connections.
     """
+
+    # path -> the one method it answers; subclasses add theirs
+    ROUTES: ClassVar[dict[str, str]] = {TOKEN_PATH: "POST", AUTHORIZE_PATH: "GET"}
 
     def __init__(
         self,
@@ -253,32 +197,13 @@ class AuthServer:
         clients: Mapping[str, str | None] | None = None,
         redirect_uris: Iterable[str] | None = None,
         deny_authorization: bool = False,
-        spotify_quirks: bool = False,
-        invalid_client_status: int | None = None,
-        token_type: str = "Bearer",
-        expires_in_as_string: bool = False,
-        strict: bool = False,
-        fault_rate: float = 0.0,
-        fault_kinds: Iterable[str] = FAULT_KINDS,
-        fault_hang: float = 30.0,
-        fault_retry_after: int = 1,
         clock: Callable[[], float] = time.time,
-        rng: random.Random | None = None,
-        request_log_size: int | None = 10_000,
-        device_interval: float | None = 5,
-        device_expires_in: float = 600,
-        device_denial_error: str = "access_denied",
     ) -> None:
         """Configure the server; nothing listens until start().
 
         `redirect_uris` None accepts any http loopback IP redirect URI; otherwise
         a redirect URI must be listed exactly, or match a listed loopback URI
         registered without a port on any port (RFC 8252 §7.3).
-        `request_log_size` bounds `requests` (None: unbounded).
-        `device_interval` is the device-code poll interval the server asks for and enforces (a
-        poll sooner gets slow_down and 5 s more); None leaves `interval` out of the answer (as
-        node-oidc-provider does) and enforces RFC 8628's 5 s default. `device_denial_error` is
-        what a denied device login answers (Microsoft says authorization_declined).
         """
         self.host = host
         self.port = port
@@ -291,42 +216,22 @@ class AuthServer:
         )
         self.redirect_uris: list[str] | None = None if redirect_uris is None else list(redirect_uris)
         self.deny_authorization = deny_authorization
-        self.spotify_quirks = spotify_quirks
-        self.invalid_client_status = invalid_client_status if invalid_client_status is not None else 400 if spotify_quirks else 401
-        self.token_type = token_type
-        self.expires_in_as_string = expires_in_as_string
-        self.strict = strict
-        self.fault_rate = fault_rate
-        self.fault_kinds: tuple[str, ...] = tuple(fault_kinds)
-        unknown = set(self.fault_kinds) - set(FAULT_KINDS)
-        if unknown or not self.fault_kinds:
-            raise ValueError(f"fault_kinds must be a non-empty subset of {FAULT_KINDS}, got {unknown or 'nothing'}")
-        self.fault_hang = fault_hang
-        self.fault_retry_after = fault_retry_after
         self.clock = clock
-        self.rng = rng if rng is not None else random.Random()
-        self.device_interval = device_interval
-        self.device_expires_in = device_expires_in
-        self.device_denial_error = device_denial_error
 
         self.token_requests = 0
         self.refreshes_ok = 0
         self.tokens_issued = 0
         self.reuse_count = 0
         self.connections = 0
-        self.faults: collections.Counter[str] = collections.Counter()
 
-        # One re-entrant lock guards all state; the condition lets wait_until()
-        # predicates read the server while holding it.
+        # One re-entrant lock guards all state; the condition lets subclasses
+        # wake waiters as requests arrive and are answered.
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._refresh: dict[str, _Grant] = {}  # live and recently consumed tokens
         self._access: dict[str, _AccessToken] = {}
         self._prune_access_at = 4096
         self._codes: dict[str, _Code] = {}
-        self._device_codes: dict[str, _DeviceCode] = {}  # by device_code
-        self._script: collections.deque[_Scripted] = collections.deque()
-        self._log: collections.deque[RequestRecord] = collections.deque(maxlen=request_log_size)
         self._open_sockets: set[socket.socket] = set()
         self._stopping = threading.Event()
         self._httpd: _HTTPServer | None = None
@@ -341,7 +246,7 @@ class AuthServer:
         kept, so a test can stage an outage that ends.
         """
         if self._httpd is not None:
-            raise RuntimeError("AuthServer already started")
+            raise RuntimeError(f"{type(self).__name__} already started")
         self._stopping.clear()
         self._httpd = _HTTPServer((self.host, self.port), _Handler, self)
         self.port = self._httpd.server_address[1]
@@ -384,7 +289,7 @@ class AuthServer:
     def url(self) -> str:
         """Base URL, as http://127.0.0.1:PORT (only once started)."""
         if self._httpd is None and self.port == 0:
-            raise RuntimeError("AuthServer not started: no port yet")
+            raise RuntimeError(f"{type(self).__name__} not started: no port yet")
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
@@ -395,46 +300,6 @@ class AuthServer:
     @property
     def authorize_url(self) -> str:
         return self.url + AUTHORIZE_PATH
-
-    @property
-    def revoke_url(self) -> str:
-        return self.url + REVOKE_PATH
-
-    @property
-    def me_url(self) -> str:
-        return self.url + ME_PATH
-
-    @property
-    def device_authorization_url(self) -> str:
-        return self.url + DEVICE_PATH
-
-    @property
-    def verification_uri(self) -> str:
-        return self.url + VERIFY_PATH
-
-    # ------------------------------------------------------ device codes (the user's part)
-
-    def device_user_codes(self, status: str = "pending") -> list[str]:
-        """The user codes of device authorizations in `status` (pending, approved, denied, spent), oldest first."""
-        with self._lock:
-            return [d.user_code for d in self._device_codes.values() if d.status == status]
-
-    def approve_device(self, user_code: str) -> None:
-        """Play the user who enters `user_code` and approves: the next poll gets the tokens."""
-        self._decide_device(user_code, "approved")
-
-    def deny_device(self, user_code: str) -> None:
-        """Play the user who declines: the next poll gets `device_denial_error`."""
-        self._decide_device(user_code, "denied")
-
-    def _decide_device(self, user_code: str, status: str) -> None:
-        with self._changed:
-            for record in self._device_codes.values():
-                if record.user_code == user_code and record.status == "pending":
-                    record.status = status
-                    self._changed.notify_all()
-                    return
-        raise ValueError(f"no pending device authorization with user code {user_code!r}")
 
     # ------------------------------------------------------ grants (direct)
 
@@ -466,91 +331,11 @@ class AuthServer:
             return self._access_problem(token) is None
 
     # ----------------------------------------------------------- scripting
-
-    def script(
-        self,
-        status: int | None = None,
-        *,
-        json: Any = None,
-        body: str | None = None,
-        raw: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        delay: float = 0.0,
-        drop: bool = False,
-        process: bool = False,
-        times: int = 1,
-    ) -> None:
-        """Queue a reply for the next `times` token requests, after anything already queued.
-
-        With `status` or a body (`json`, `body` as text/html, or `raw` bytes with
-        no Content-Type unless given; status defaults to 200) the canned reply is
-        sent and no grant changes. With neither, the request is handled normally
-        after `delay` seconds, with `headers` added. `drop=True` resets the
-        connection (after `delay`) without answering; with `process=True` the
-        request is handled first, so e.g. a refresh token rotates and the client
-        never learns the new one (a lost response).
-        """
-        if times < 1:
-            raise ValueError("times must be at least 1")
-        bodies = [b for b in (json, body, raw) if b is not None]
-        if len(bodies) > 1:
-            raise ValueError("give at most one of json=, body=, raw=")
-        canned = status is not None or bool(bodies)
-        if drop and canned:
-            raise ValueError("drop=True sends no answer: do not give a status or body")
-        if process and not drop:
-            raise ValueError("process=True only makes sense with drop=True")
-        payload = b""
-        base_headers: dict[str, str] = {}
-        if json is not None:
-            payload, base_headers = _json_bytes(json), {"Content-Type": _JSON_TYPE}
-        elif body is not None:
-            payload, base_headers = body.encode(), {"Content-Type": _HTML_TYPE}
-        elif raw is not None:
-            payload = raw
-        reply = _Reply(
-            status=(status if status is not None else 200) if canned else None,
-            body=payload,
-            headers={**base_headers, **(headers or {})},
-            delay=delay,
-            drop=drop,
-            process=process,
-        )
-        with self._lock:
-            self._script.append(_Scripted(reply, times))
-
-    @property
-    def pending_scripts(self) -> int:
-        """How many scripted replies are still queued."""
-        with self._lock:
-            return sum(entry.times_left for entry in self._script)
-
-    def clear_script(self) -> None:
-        """Forget every queued reply."""
-        with self._lock:
-            self._script.clear()
-
-    # ---------------------------------------------------------- inspection
-
-    @property
-    def requests(self) -> list[RequestRecord]:
-        """A snapshot of the request log, oldest first (bounded by request_log_size)."""
-        with self._lock:
-            return list(self._log)
-
-    def clear_requests(self) -> None:
-        with self._lock:
-            self._log.clear()
-
-    def wait_until(self, predicate: Callable[[AuthServer], bool], timeout: float) -> bool:
-        """Block until `predicate(self)` holds, re-checked as each request arrives and is answered; False on timeout."""
-        with self._changed:
-            return self._changed.wait_for(lambda: predicate(self), timeout)
-
     # ============================================================ internals
 
     def _say(self, standard: str, spotify: str) -> str:
-        return spotify if self.spotify_quirks else standard
+        """An error description: the standard one here; a subclass may speak a provider's dialect."""
+        return standard
 
     def _new_grant(self, client_id: str, scope: str, user: str, now: float) -> _Grant:
         lifetime = self.refresh_token_expires_in
@@ -583,11 +368,10 @@ class AuthServer:
             self._access = {k: v for k, v in self._access.items() if v.expires_at > now}
             self._prune_access_at = max(4096, 2 * len(self._access))
         self.tokens_issued += 1
-        expires_in: Any = int(lifetime) if float(lifetime).is_integer() else lifetime
         return {
             "access_token": token,
-            "token_type": self.token_type,
-            "expires_in": str(expires_in) if self.expires_in_as_string else expires_in,
+            "token_type": "Bearer",
+            "expires_in": int(lifetime) if float(lifetime).is_integer() else lifetime,
             "scope": scope,
         }
 
@@ -598,14 +382,13 @@ class AuthServer:
 
     # ------------------------------------------------------ request log
 
+    # ------------------------------------------------ hooks for subclasses
+
     def _log_request(self, record: RequestRecord) -> None:
-        with self._changed:
-            self._log.append(record)
-            self._changed.notify_all()
+        """A request arrived (parsed, not yet answered)."""
 
     def _answered(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
+        """The request handled last by this thread has been answered (or dropped)."""
 
     def _track(self, sock: socket.socket, is_open: bool) -> None:
         with self._lock:
@@ -620,50 +403,18 @@ class AuthServer:
             except OSError:
                 pass
 
-    def _sleep(self, seconds: float) -> bool:
-        """Wait, but wake at once on stop(); True if the wait ran its course."""
-        return not self._stopping.wait(seconds) if seconds > 0 else not self._stopping.is_set()
+    def _serve(self, handler: _Handler, record: RequestRecord) -> None:
+        """Answer a request to one of ROUTES with the right method."""
+        if record.path == AUTHORIZE_PATH:
+            handler.send(self._authorize_endpoint(record.query))
+        else:
+            self._token_request(handler, record)
 
-    # ------------------------------------------------- token-request plan
-
-    def _plan_token_request(self) -> _Reply | None:
-        """Count a token request and decide how to treat it: a scripted or faulted reply, or None for normal."""
+    def _token_request(self, handler: _Handler, record: RequestRecord) -> None:
         with self._changed:
             self.token_requests += 1
             self._changed.notify_all()
-            if self._script:
-                entry = self._script[0]
-                entry.times_left -= 1
-                if entry.times_left == 0:
-                    self._script.popleft()
-                return entry.reply
-            if self.strict:
-                error = {"error": "unscripted", "error_description": "strict mode: no scripted reply queued"}
-                return _Reply(500, _json_bytes(error), {"Content-Type": _JSON_TYPE})
-            if self.fault_rate > 0 and self.rng.random() < self.fault_rate:
-                kind = self.rng.choice(self.fault_kinds)
-                self.faults[kind] += 1
-                return self._fault_reply(kind)
-            return None
-
-    def _fault_reply(self, kind: str) -> _Reply:
-        # Bodies differ on purpose: real outages come as JSON, proxy HTML and bare text.
-        if kind == "500":
-            body = _json_bytes({"error": "server_error", "error_description": "injected fault"})
-            return _Reply(500, body, {"Content-Type": _JSON_TYPE})
-        if kind == "502":
-            return _Reply(502, _html_response(502, "502 Bad Gateway").body, {"Content-Type": _HTML_TYPE})
-        if kind == "503":
-            return _Reply(503, b"Service Unavailable\n", {"Content-Type": "text/plain"})
-        if kind == "429":
-            body = _json_bytes({"error": "too_many_requests", "error_description": "injected fault"})
-            return _Reply(429, body, {"Content-Type": _JSON_TYPE, "Retry-After": str(self.fault_retry_after)})
-        if kind == "hang":
-            # Ends in 504 and not in a normal answer: a refresh committed after
-            # the client gave up would rotate the token and later kill the grant.
-            body = _html_response(504, "504 Gateway Timeout").body
-            return _Reply(504, body, {"Content-Type": _HTML_TYPE}, delay=self.fault_hang)
-        return _Reply(drop=True)
+        handler.send(self._token_endpoint(record.headers, record.body))
 
     # ------------------------------------------------------ token endpoint
 
@@ -677,23 +428,23 @@ class AuthServer:
             if len(form) != len(pairs):
                 raise _OAuthError("invalid_request", "a parameter was sent more than once")
             client_id = self._authenticate(headers, form)
-            grant_type = form.get("grant_type")
-            if grant_type == "refresh_token":
-                answer = self._grant_refresh(client_id, form)
-            elif grant_type == "authorization_code":
-                answer = self._grant_code(client_id, form)
-            elif grant_type == "client_credentials":
-                answer = self._grant_client_credentials(client_id, form)
-            elif grant_type == DEVICE_GRANT:
-                answer = self._grant_device(client_id, form)
-            elif grant_type is None:
-                raise _OAuthError("invalid_request", "grant_type is missing")
-            else:
-                raise _OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
+            answer = self._grant(form.get("grant_type"), client_id, form)
         except _OAuthError as e:
             error = {"error": e.error, "error_description": e.description}
             return _json_response(e.status, error, {"Cache-Control": "no-store", **e.headers})
         return _json_response(200, answer, {"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    def _grant(self, grant_type: str | None, client_id: str, form: Mapping[str, str]) -> dict[str, Any]:
+        """The token answer for `grant_type`, or _OAuthError."""
+        if grant_type == "refresh_token":
+            return self._grant_refresh(client_id, form)
+        if grant_type == "authorization_code":
+            return self._grant_code(client_id, form)
+        if grant_type == "client_credentials":
+            return self._grant_client_credentials(client_id, form)
+        if grant_type is None:
+            raise _OAuthError("invalid_request", "grant_type is missing")
+        raise _OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
 
     def _authenticate(self, headers: Mapping[str, str], form: Mapping[str, str]) -> str:
         """Return the authenticated client_id or raise invalid_client (RFC 6749 §2.3)."""
@@ -730,9 +481,7 @@ class AuthServer:
         return client_id
 
     def _invalid_client(self, why: str) -> _OAuthError:
-        status = self.invalid_client_status
-        headers = {"WWW-Authenticate": 'Basic realm="freshtoken-devserver"'} if status == 401 else {}
-        return _OAuthError("invalid_client", self._say(why, "Invalid client"), status, headers)
+        return _OAuthError("invalid_client", why, 401, {"WWW-Authenticate": 'Basic realm="freshtoken-devserver"'})
 
     def _grant_refresh(self, client_id: str, form: Mapping[str, str]) -> dict[str, Any]:
         token = form.get("refresh_token")
@@ -812,62 +561,6 @@ class AuthServer:
             self._add_refresh_fields(answer, grant, now)
             return answer
 
-    def _grant_device(self, client_id: str, form: Mapping[str, str]) -> dict[str, Any]:
-        """RFC 8628 §3.4-3.5: pending, slow_down (polled sooner than the interval), denied, expired, or the grant."""
-        device_code = form.get("device_code")
-        if not device_code:
-            raise _OAuthError("invalid_request", "device_code is missing")
-        with self._lock:
-            now = self.clock()
-            record = self._device_codes.get(device_code)
-            if record is None or record.client_id != client_id or record.status == "spent":
-                raise _OAuthError("invalid_grant", "device code unknown or already used")
-            if now >= record.expires_at:
-                raise _OAuthError("expired_token", "the device code has expired")
-            too_soon = record.last_poll is not None and now - record.last_poll < record.interval
-            record.last_poll = now
-            if too_soon:
-                record.interval += 5
-                raise _OAuthError("slow_down", f"poll at most every {record.interval:g} s")
-            if record.status == "pending":
-                raise _OAuthError("authorization_pending", "the user has not approved yet")
-            if record.status == "denied":
-                record.status = "spent"
-                raise _OAuthError(self.device_denial_error, "the user declined")
-            record.status = "spent"
-            grant = self._new_grant(client_id, record.scope, "device-user", now)
-            answer = self._token_answer(client_id, record.scope, grant, now)
-            self._add_refresh_fields(answer, grant, now)
-            return answer
-
-    def _device_endpoint(self, headers: Mapping[str, str], body: str) -> _Response:
-        """RFC 8628 §3.1-3.2: a device code for an authenticated (or public) client."""
-        try:
-            form = dict(parse_qsl(body, keep_blank_values=True))
-            client_id = self._authenticate(headers, form)
-        except _OAuthError as e:
-            return _json_response(e.status, {"error": e.error, "error_description": e.description}, e.headers)
-        device_code = _new_token()
-        letters = "BCDFGHJKLMNPQRSTVWXZ"  # RFC 8628 §6.1: no vowels, so no words; case-insensitive
-        user_code = "".join(secrets.choice(letters) for _ in range(4)) + "-" + "".join(secrets.choice(letters) for _ in range(4))
-        with self._lock:
-            now = self.clock()
-            self._device_codes = {k: v for k, v in self._device_codes.items() if v.expires_at > now - 3600}
-            interval = self.device_interval if self.device_interval is not None else 5.0
-            self._device_codes[device_code] = _DeviceCode(
-                client_id, form.get("scope", ""), user_code, now + self.device_expires_in, interval
-            )
-        answer: dict[str, Any] = {
-            "device_code": device_code,
-            "user_code": user_code,
-            "verification_uri": self.verification_uri,
-            "verification_uri_complete": _with_query(self.verification_uri, {"user_code": user_code}),
-            "expires_in": int(self.device_expires_in) if float(self.device_expires_in).is_integer() else self.device_expires_in,
-        }
-        if self.device_interval is not None:
-            answer["interval"] = self.device_interval
-        return _json_response(200, answer, {"Cache-Control": "no-store"})
-
     def _grant_client_credentials(self, client_id: str, form: Mapping[str, str]) -> dict[str, Any]:
         if self.clients[client_id] is None:
             raise _OAuthError("unauthorized_client", "a public client cannot use client_credentials")
@@ -931,50 +624,13 @@ class AuthServer:
                 return True
         return False
 
-    def _revoke_endpoint(self, headers: Mapping[str, str], body: str) -> _Response:
-        """RFC 7009: a refresh token revokes its grant, an access token only itself; unknown tokens are fine."""
-        try:
-            form = dict(parse_qsl(body, keep_blank_values=True))
-            client_id = self._authenticate(headers, form)
-            token = form.get("token")
-            if not token:
-                raise _OAuthError("invalid_request", "token is missing")
-        except _OAuthError as e:
-            return _json_response(e.status, {"error": e.error, "error_description": e.description}, e.headers)
-        with self._lock:
-            grant = self._refresh.get(token)
-            if grant is not None and grant.client_id == client_id:
-                grant.revoked = True
-            access = self._access.get(token)
-            if access is not None and access.client_id == client_id:
-                access.revoked = True
-        return _Response(200)
-
-    def _me_endpoint(self, headers: Mapping[str, str]) -> _Response:
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        token = token.strip()
-        with self._lock:
-            problem = "No token provided" if scheme.lower() != "bearer" or not token else self._access_problem(token)
-            if problem is None:
-                record = self._access[token]
-                me = {
-                    "id": record.grant.user if record.grant is not None else record.client_id,
-                    "display_name": "freshtoken demo user",
-                    "client_id": record.client_id,
-                    "scope": record.scope,
-                }
-                return _json_response(200, me)
-        # Spotify Web API's error shape, with RFC 6750's challenge header.
-        challenge = 'Bearer realm="freshtoken-devserver", error="invalid_token"'
-        return _json_response(401, {"error": {"status": 401, "message": problem}}, {"WWW-Authenticate": challenge})
-
 
 class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # stop() must not wait for a hanging handler
     request_queue_size = 1024  # benchmarks open many connections at once
 
-    def __init__(self, address: tuple[str, int], handler: type[_Handler], auth: AuthServer) -> None:
+    def __init__(self, address: tuple[str, int], handler: type[_Handler], auth: DemoServer) -> None:
         self.auth = auth
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
@@ -1002,15 +658,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     timeout = 60  # an idle keep-alive connection must not pin a thread forever
     server: _HTTPServer
-
-    _ROUTES: ClassVar[dict[str, str]] = {
-        TOKEN_PATH: "POST",
-        AUTHORIZE_PATH: "GET",
-        REVOKE_PATH: "POST",
-        ME_PATH: "GET",
-        DEVICE_PATH: "POST",
-        VERIFY_PATH: "GET",
-    }
 
     def setup(self) -> None:
         super().setup()
@@ -1042,7 +689,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         length = int(headers.get("content-length") or 0)
         if length > _MAX_BODY:
             self.close_connection = True
-            self._send(_json_response(413, {"error": "invalid_request", "error_description": "body too large"}))
+            self.send(_json_response(413, {"error": "invalid_request", "error_description": "body too large"}))
             return
         body = self.rfile.read(length).decode("utf-8", errors="replace") if length else ""
         is_form = headers.get("content-type", "").split(";")[0].strip().lower() == _FORM_TYPE
@@ -1057,56 +704,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         )
         auth._log_request(record)
         try:
-            self._route(record)
+            allowed = auth.ROUTES.get(record.path)
+            if allowed is None:
+                self.send(_json_response(404, {"error": "not_found"}))
+            elif record.method != allowed:
+                self.send(_json_response(405, {"error": "method_not_allowed"}, {"Allow": allowed}))
+            else:
+                auth._serve(self, record)
         except (ConnectionError, TimeoutError):
             # The client gave up (e.g. its read timeout during a hang) or vanished.
             self.close_connection = True
         except Exception:  # noqa: BLE001 - any bug, reported below
             # A devserver bug must be loud: traceback on stderr and a 500 the test sees.
             traceback.print_exc()
-            self._send(_json_response(500, {"error": "server_error", "error_description": "devserver bug"}))
+            self.send(_json_response(500, {"error": "server_error", "error_description": "devserver bug"}))
         finally:
             auth._answered()
 
-    def _route(self, record: RequestRecord) -> None:
-        auth = self.server.auth
-        allowed = self._ROUTES.get(record.path)
-        if allowed is None:
-            self._send(_json_response(404, {"error": "not_found"}))
-        elif record.method != allowed:
-            self._send(_json_response(405, {"error": "method_not_allowed"}, {"Allow": allowed}))
-        elif record.path == AUTHORIZE_PATH:
-            self._send(auth._authorize_endpoint(record.query))
-        elif record.path == ME_PATH:
-            self._send(auth._me_endpoint(record.headers))
-        elif record.path == REVOKE_PATH:
-            self._send(auth._revoke_endpoint(record.headers, record.body))
-        elif record.path == DEVICE_PATH:
-            self._send(auth._device_endpoint(record.headers, record.body))
-        elif record.path == VERIFY_PATH:
-            self._send(_html_response(200, "freshtoken devserver: device logins are approved by the test (approve_device)"))
-        else:
-            self._token_request(record)
-
-    def _token_request(self, record: RequestRecord) -> None:
-        auth = self.server.auth
-        plan = auth._plan_token_request()
-        if plan is None:
-            self._send(auth._token_endpoint(record.headers, record.body))
-        elif not auth._sleep(plan.delay):
-            self._reset()  # stop() during a hang or delay
-        elif plan.drop:
-            if plan.process:
-                auth._token_endpoint(record.headers, record.body)
-            self._reset()
-        elif plan.status is None:
-            response = auth._token_endpoint(record.headers, record.body)
-            response.headers.update(plan.headers)
-            self._send(response)
-        else:
-            self._send(_Response(plan.status, plan.body, dict(plan.headers)))
-
-    def _send(self, response: _Response) -> None:
+    def send(self, response: _Response) -> None:
         if self._record is not None:
             # Recorded before writing, so a client that has its answer also sees it logged.
             self._record.status = response.status
@@ -1117,7 +732,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(response.body)
 
-    def _reset(self) -> None:
+    def reset(self) -> None:
         """Close the connection with a TCP RST and no answer."""
         self.close_connection = True
         try:
@@ -1127,57 +742,3 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.connection.close()
         except OSError:
             pass
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run a devserver in the foreground, print its URLs and a seeded refresh token; Ctrl-C stops it."""
-    import argparse
-    import signal
-
-    parser = argparse.ArgumentParser(
-        prog="python -m freshtoken.devserver", description="A loopback OAuth 2.0 server to play with freshtoken."
-    )
-    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
-    parser.add_argument("--lifetime", type=float, default=20, help="access token lifetime in seconds (default 20)")
-    parser.add_argument("--no-rotate", action="store_true", help="keep refresh tokens instead of rotating them")
-    parser.add_argument("--refresh-token-expires-in", type=int, metavar="SECONDS")
-    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of token requests that fail (0..1)")
-    parser.add_argument("--seed", type=int, help="seed for fault mode")
-    parser.add_argument("--spotify-quirks", action="store_true", help="answer invalid_client with 400, as Spotify")
-    args = parser.parse_args(argv)
-
-    server = AuthServer(
-        port=args.port,
-        token_lifetime=args.lifetime,
-        rotate_refresh_tokens=not args.no_rotate,
-        refresh_token_expires_in=args.refresh_token_expires_in,
-        fault_rate=args.fault_rate,
-        rng=random.Random(args.seed),
-        spotify_quirks=args.spotify_quirks,
-    )
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly on SIGTERM too
-    with server:
-        refresh_token = server.issue_refresh_token(DEMO_CLIENT_ID, "user-read-private")
-        print(
-            f"freshtoken devserver on {server.url}\n"
-            f"  token_url:     {server.token_url}\n"
-            f"  authorize_url: {server.authorize_url}\n"
-            f"  revoke_url:    {server.revoke_url}\n"
-            f"  device_authorization_url: {server.device_authorization_url}\n"
-            f"  resource:      {server.me_url}\n"
-            f"  client_id:     {DEMO_CLIENT_ID}  client_secret: {DEMO_CLIENT_SECRET}\n"
-            f"  public client: {DEMO_PUBLIC_CLIENT_ID}  (PKCE, no secret)\n"
-            f"  refresh_token: {refresh_token}\n"
-            f"try: curl -u {DEMO_CLIENT_ID}:{DEMO_CLIENT_SECRET} -d grant_type=refresh_token"
-            f" -d refresh_token={refresh_token} {server.token_url}",
-            flush=True,
-        )
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
