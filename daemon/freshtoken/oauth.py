@@ -218,6 +218,9 @@ class TokenClient:
         else:
             form["client_id"] = account.client_id
         host = _host(url)
+        # Everything the answer's handling needs is prepared before the request goes out: from the answer's
+        # last byte to a parsed TokenResponse is the window in which a kill loses a rotated refresh token.
+        redaction = Redaction(hidden)
         started = self.clock()
         watch = _WATCHDOG.start(self.timeouts.deadline)
         response: requests.Response | None = None
@@ -234,7 +237,7 @@ class TokenClient:
                 )
                 _WATCHDOG.add(watch, _socket_of(response))  # the headers are in; a session of our own covered them too
                 try:
-                    body, unreadable = _read_capped(response, MAX_ANSWER, hidden), None
+                    body, unreadable = _read_capped(response, MAX_ANSWER, redaction), None
                 except _Unreadable as exc:
                     body, unreadable = b"", str(exc)
             finally:
@@ -258,28 +261,20 @@ class TokenClient:
             if response is not None:
                 response.close()  # after a complete read the connection is already back in the pool
         decoded = None if unreadable else _decode(response.headers, body)
-        kind = unreadable or _content_kind(response.headers, body)
-        return _Answer(response.status_code, response.headers, decoded, kind, unreadable, started, hidden)
+        return _Answer(response.status_code, response.headers, decoded, body, unreadable, started, redaction)
 
     def _interpret(self, answer: _Answer, account: str) -> TokenResponse:
-        status, headers, body, kind, unreadable, hidden = (
-            answer.status,
-            answer.headers,
-            answer.body,
-            answer.kind,
-            answer.unreadable,
-            answer.hidden,
-        )
-        started = answer.started
-        retry_after = _retry_after(headers.get("Retry-After"), now=self.clock())
+        status, body, unreadable, hidden = answer.status, answer.body, answer.unreadable, answer.hidden
         if 200 <= status < 300:
             if unreadable:
                 raise MalformedAnswer(f"HTTP {status} answer refused: {unreadable}")
             if not isinstance(body, dict):
-                raise MalformedAnswer(f"HTTP {status} but the answer is not JSON ({kind})")
+                raise MalformedAnswer(f"HTTP {status} but the answer is not JSON ({answer.kind})")
             if "access_token" in body or not isinstance(body.get("error"), str):
-                return parse_token_response(body, now=started, hidden=hidden, account=account)
+                # The success path: nothing else (Retry-After, content kind) is worked out before the token is handed on.
+                return parse_token_response(body, now=answer.started, hidden=hidden, account=account)
             # Some servers (GitHub among them) send OAuth errors with 200: the error code decides.
+        retry_after = _retry_after(answer.headers.get("Retry-After"), now=self.clock())
         error = body.get("error") if isinstance(body, dict) else None
         description = body.get("error_description") if isinstance(body, dict) else None
         if not isinstance(error, str):
@@ -299,7 +294,7 @@ class TokenClient:
         if error in INVALID_CLIENT_CODES or status == 401:
             raise RefreshFailed(f"{detail} (check client_id and the client secret)")
         if not error:
-            raise RefreshFailed(f"{detail} without an OAuth error ({kind}); check token_url")
+            raise RefreshFailed(f"{detail} without an OAuth error ({answer.kind}); check token_url")
         raise RefreshFailed(detail)
 
 
@@ -310,13 +305,18 @@ class _Answer:
     status: int
     headers: Any
     body: Any
-    kind: str  # the content type as shown in messages, or why the body was not read
+    content: bytes  # the body as read, for `kind`
     unreadable: str | None
     started: float
-    hidden: list[str]
+    hidden: Redaction
+
+    @property
+    def kind(self) -> str:
+        """The content type as shown in messages, or why the body was not read: only error messages need it."""
+        return self.unreadable or _content_kind(self.headers, self.content)
 
 
-def parse_device_code(body: dict[str, Any], hidden: Iterable[str] = ()) -> DeviceCode:
+def parse_device_code(body: dict[str, Any], hidden: Redaction | Iterable[str] = ()) -> DeviceCode:
     """Check a device authorization answer; MalformedAnswer names the field at fault.
 
     Google names the page `verification_url`; Microsoft and GitHub send no
@@ -352,7 +352,7 @@ def _is_web_url(value: Any) -> bool:
     return isinstance(value, str) and len(value) <= 2048 and value.isprintable() and re.match(r"https?://[^\s/]+", value) is not None
 
 
-def parse_token_response(body: dict[str, Any], *, now: float, hidden: Iterable[str] = (), account: str = "") -> TokenResponse:
+def parse_token_response(body: dict[str, Any], *, now: float, hidden: Redaction | Iterable[str] = (), account: str = "") -> TokenResponse:
     """Validate a 2xx JSON answer, leniently where real servers differ, strictly about numbers.
 
     expires_in absent: ASSUMED_LIFETIME. Present but not a finite positive number:
@@ -395,20 +395,36 @@ def parse_token_response(body: dict[str, Any], *, now: float, hidden: Iterable[s
     )
 
 
-def clean_server_text(text: str, limit: int, hidden: Iterable[str] = ()) -> str:
+class Redaction:
+    """The forms of the secrets in play, worked out once, before the request is sent.
+
+    Each value's forms (see _encodings), longest first so that a literal inside a
+    longer encoded form does not break it up, each with its ASCII-folded twin.
+    """
+
+    __slots__ = ("forms", "longest")
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        forms = sorted({form for value in values if value for form in _encodings(value)}, key=len, reverse=True)
+        self.forms = [(form, form.translate(_ASCII_LOWER)) for form in forms]
+        self.longest = len(forms[0]) if forms else 1
+
+
+def clean_server_text(text: str, limit: int, hidden: Redaction | Iterable[str] = ()) -> str:
     """A server's words, made safe to show, log or store: no secret, printable characters only, at most `limit` long.
 
     Each hidden value is redacted as sent literally, form-encoded, percent-encoded
     and base64-encoded, in any letter case (servers re-encode %2f as %2F). Control
     characters, ANSI escapes and line breaks become spaces, so no log line can be forged.
     """
-    forms = {form for value in hidden if value for form in _encodings(value)}
+    redaction = hidden if isinstance(hidden, Redaction) else Redaction(hidden)
     # Only the head is shown, so only the head is searched (a 1 MiB description took 0.3 s). A redaction leaves
     # 10 characters, so text past this window can never move up into the first `limit`, nor be a cut secret there.
-    text = text[: limit + (limit // 10 + 2) * max(map(len, forms), default=1)]
-    for form in sorted(forms, key=len, reverse=True):  # longest first: a literal inside a longer encoded form
-        text = _replace_ascii_nocase(text, form, "<redacted>")
-    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    text = text[: limit + (limit // 10 + 2) * redaction.longest]
+    for form, folded in redaction.forms:
+        text = _replace_ascii_nocase(text, form, "<redacted>", folded)
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else " " for ch in text)
     return text[:limit] + ("…" if len(text) > limit else "")
 
 
@@ -448,15 +464,18 @@ class _Unreadable(Exception):
     """An answer freshtoken will not read to the end (too big, an encoding it did not ask for, corrupt)."""
 
 
-def _read_capped(response: requests.Response, limit: int, hidden: Iterable[str]) -> bytes:
+def _read_capped(response: requests.Response, limit: int, hidden: Redaction) -> bytes:
     """The body, decoded by us piece by piece, refused as soon as either the raw or the decoded size passes `limit`.
 
     urllib3 before 2.6 inflates a whole compressed piece at once (a 300 KB gzip
     bomb is 300 MB), so the decoding happens here, with zlib's max_length.
     """
     length = response.headers.get("Content-Length", "").strip()
-    if length.isascii() and length.isdigit() and (len(length) > 15 or int(length) > limit):
-        raise _Unreadable(f"Content-Length above the {_size(limit)} limit")
+    expected = -1  # the raw size the server announced, if any
+    if length.isascii() and length.isdigit():
+        if len(length) > 15 or int(length) > limit:
+            raise _Unreadable(f"Content-Length above the {_size(limit)} limit")
+        expected = int(length)
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
         raise _Unreadable(f"unsupported Content-Encoding {clean_server_text(encoding, 40, hidden)}")
@@ -469,6 +488,8 @@ def _read_capped(response: requests.Response, limit: int, hidden: Iterable[str])
             raise _Unreadable(f"more than {_size(limit)}")
         if encoding in ("", "identity"):
             body += piece
+            if taken == expected:
+                break  # all announced bytes are in: one more read only costs time (urllib3 ends the body the same way)
             continue
         if inflater is None:
             inflater = zlib.decompressobj(_wbits(encoding, piece))
@@ -678,12 +699,14 @@ def _encodings(value: str) -> set[str]:
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
-def _replace_ascii_nocase(text: str, old: str, new: str) -> str:
+def _replace_ascii_nocase(text: str, old: str, new: str, needle: str | None = None) -> str:
     """str.replace ignoring ASCII letter case (%2F and %2f), with no regex to compile: each rotated token is a new pattern.
 
     Only ASCII is folded: str.lower() may change a string's length and so its indexes.
     """
-    folded, needle = text.translate(_ASCII_LOWER), old.translate(_ASCII_LOWER)
+    folded = text.translate(_ASCII_LOWER)
+    if needle is None:
+        needle = old.translate(_ASCII_LOWER)
     if needle not in folded:
         return text
     parts, start = [], 0
