@@ -16,7 +16,14 @@ the next save of the transaction. A store never sees the config.
 
 store.Store (one file per account in the state dir) is the first
 implementation; pgstore.PgStore (several hosts, one row lock per account) is
-meant to be the second.
+meant to be the second. What it still lacks to satisfy this protocol:
+PgTransaction.unusable (record a StateUnusable instead of only logging),
+reserve() (its before_send(), refusing while tx.attempt is set), save(state, *,
+rotated) returning None and raising SaveFailed on LockLost/DatabaseUnavailable
+(FencedOff needs its own policy), delete(); PgStore.delete, mtime (the row's
+updated_at), load raising StateUnusable, and daemon_lock/wake_daemon/
+open_wake_socket handed to a local Store(state_dir). The token request should
+also be bounded by tx.remaining().
 """
 
 from __future__ import annotations
