@@ -1,6 +1,21 @@
-"""Test doubles that are not mocks: a clock tests move by hand."""
+"""Test doubles that are not mocks: a clock tests move by hand, and a bounded wait for a condition."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def poll(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> bool:
+    """True as soon as `predicate()` holds, False once `timeout` seconds passed: waits on a condition, never a guess."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
 
 
 class FakeClock:

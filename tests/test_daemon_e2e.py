@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from fakes import poll
 from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 
 pytestmark = pytest.mark.slow
@@ -34,16 +35,6 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(SYSTEMD_AND_OURS)}
     env.update(extra)
     return env
-
-
-def poll(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 class DaemonProcess:

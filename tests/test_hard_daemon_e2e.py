@@ -9,10 +9,11 @@ import time
 import pytest
 
 import test_daemon_e2e
+from fakes import poll
 from freshtoken.model import AccountState, Secret
 from freshtoken.store import WAKE_SOCKET, Store
 from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
-from test_daemon_e2e import poll, read_token
+from test_daemon_e2e import read_token
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from fakes import poll
 from freshtoken import cli, systemd
 from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 
@@ -41,15 +41,6 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "JOURNAL_STREAM", "FRESHTOKEN_"))}
     env.update(extra)
     return env
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def parse_lines(text: str) -> list[dict[str, Any]]:
@@ -91,7 +82,7 @@ def test_run_with_log_format_json_writes_only_json_lines(
             env=child_env(),
         )
         try:
-            assert wait_until(lambda: '"ready: ' in log.read_text() or process.poll() is not None), log.read_text()
+            assert poll(lambda: '"ready: ' in log.read_text() or process.poll() is not None), log.read_text()
             process.send_signal(signal.SIGTERM)
             assert process.wait(30) == 0
         finally:

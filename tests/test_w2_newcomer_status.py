@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from fakes import poll
 from freshtoken import cli, daemon, status
 from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
 
@@ -70,15 +71,6 @@ def held_lock(dirs: dict[str, Path]) -> Iterator[Path]:
         os.close(fd)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def test_no_daemon_ever_ran(config: Path) -> None:
     """Without a pid file, the header says `daemon     not running` and --json says running false."""
     assert daemon_line(config) == "daemon     not running"
@@ -130,14 +122,14 @@ def test_status_of_a_real_daemon_then_of_a_stopped_one(tmp_path: Path, config: P
             env=env,
         )
         try:
-            assert wait_until(lambda: "ready: " in log.read_text() or process.poll() is not None), log.read_text()
+            assert poll(lambda: "ready: " in log.read_text() or process.poll() is not None), log.read_text()
             first = daemon_json(config)
             assert (first["running"], first["pid"]) == (True, process.pid)
             assert started - 2 <= first["since"] <= time.time()  # /proc/stat's boot time is whole seconds
             assert first["last_heartbeat"] is not None and first["last_heartbeat"] >= first["since"] - 1
             heartbeat = dirs["state"] / status.HEARTBEAT_FILE
             assert stat.S_IMODE(heartbeat.stat().st_mode) == 0o600
-            assert wait_until(lambda: daemon_json(config)["last_heartbeat"] > first["last_heartbeat"]), log.read_text()
+            assert poll(lambda: daemon_json(config)["last_heartbeat"] > first["last_heartbeat"]), log.read_text()
             assert daemon_line(config).startswith(f"daemon     running, pid {process.pid}, since ")
             assert process.poll() is None  # status took no lock from it and sent it nothing
             process.send_signal(signal.SIGTERM)
