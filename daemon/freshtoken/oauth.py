@@ -34,7 +34,7 @@ from freshtoken import __version__
 from freshtoken.errors import InvalidGrant, MalformedAnswer, RefreshFailed, TemporaryError
 from freshtoken.model import AccessToken, Account, ClientAuth, Secret, TokenResponse
 from freshtoken.model import Timeouts as Timeouts  # here since before model held it: pacing and daemon import it from oauth
-from freshtoken.timing import parse_retry_after, retry_after_capped
+from freshtoken.timing import DEFAULT_LIFETIME, parse_retry_after, retry_after_capped
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ DEVICE_CODES = {
     "incorrect_device_code",
 }
 MAX_DEVICE_WAIT = 86400.0  # a device code said to live longer than a day is not a plan either
-ASSUMED_LIFETIME = 3600  # when a server leaves out expires_in (RFC 6749 lets it), or says more than a year
+ASSUMED_LIFETIME = DEFAULT_LIFETIME  # when a server leaves out expires_in (RFC 6749 lets it), or says more than a year
 MAX_LIFETIME = 365 * 86400  # an access token said to live longer is a unit mistake (ms), not a plan
 MAX_REFRESH_LIFETIME = 10 * 365 * 86400
 MAX_ANSWER = 1024 * 1024  # a token answer is a few KB; the cap holds for the raw and the decoded body
@@ -377,7 +377,7 @@ def parse_token_response(body: dict[str, Any], *, now: float, hidden: Redaction 
         lifetime = seconds
         if lifetime > MAX_LIFETIME:
             shown = clean_server_text(str(raw_lifetime), 40, hidden)
-            log.warning("%s: the server says expires_in %s, more than a year; assuming %ds", account or "token", shown, ASSUMED_LIFETIME)
+            log.warning("%s: the server says expires_in %s, more than a year; assuming %.0fs", account or "token", shown, ASSUMED_LIFETIME)
             lifetime = float(ASSUMED_LIFETIME)
     scope = body.get("scope")
     rt_lifetime = _positive_seconds(body.get("refresh_token_expires_in"))
