@@ -7,6 +7,7 @@ config.py is the adapter that reads the file and the secret files.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -21,6 +22,9 @@ from freshtoken.durations import parse_duration
 from freshtoken.errors import ConfigError
 from freshtoken.model import Account, ClientAuth, Config, Grant, Output, OutputFormat, Secret, line_of
 from freshtoken.providers import PRESETS, Preset
+
+# The Config dataclass holds every top-level default; the schema only applies them.
+_DEFAULT: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Config)}
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -244,12 +248,12 @@ def parse(
             raise ctx.error(key, f"{value!r} must be an absolute path")
     margin = top.duration("refresh_margin")
     metrics = _listen_address(top)
-    workers = int(top.number("workers", 4, minimum=1, integer=True))
+    workers = int(top.number("workers", _DEFAULT["workers"], minimum=1, integer=True))
     backoff_max = top.duration("backoff_max")
     hook_timeout = top.duration("hook_timeout")
-    connect_timeout = top.number("connect_timeout", 10.0, minimum=0.1, duration=True)
-    read_timeout = top.number("read_timeout", 30.0, minimum=0.1, duration=True)
-    min_refresh_interval = top.number("min_refresh_interval", 10.0, minimum=1.0, duration=True)
+    connect_timeout = top.number("connect_timeout", _DEFAULT["connect_timeout"], minimum=0.1, duration=True)
+    read_timeout = top.number("read_timeout", _DEFAULT["read_timeout"], minimum=0.1, duration=True)
+    min_refresh_interval = top.number("min_refresh_interval", _DEFAULT["min_refresh_interval"], minimum=1.0, duration=True)
 
     raw_accounts = top.raw("accounts")
     if raw_accounts is None:
@@ -275,8 +279,8 @@ def parse(
         refresh_margin=margin,
         metrics_listen=metrics,
         workers=workers,
-        backoff_max=backoff_max if backoff_max is not None else 300,
-        hook_timeout=hook_timeout if hook_timeout is not None else 30,
+        backoff_max=backoff_max if backoff_max is not None else _DEFAULT["backoff_max"],
+        hook_timeout=hook_timeout if hook_timeout is not None else _DEFAULT["hook_timeout"],
         connect_timeout=float(connect_timeout),
         read_timeout=float(read_timeout),
         min_refresh_interval=float(min_refresh_interval),
