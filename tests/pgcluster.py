@@ -221,7 +221,8 @@ def holder(dsn: str, account: str, idle: float) -> Iterator[subprocess.Popen[str
 
 def _holder(dsn: str, account: str, idle: float) -> None:
     from freshtoken.model import AccountState, Secret
-    from freshtoken.pgstore import DatabaseUnavailable, FencedOff, LockLost, PgStore, PgTimeouts
+    from freshtoken.pgstore import FencedOff, LockLost, PgStore, PgTimeouts
+    from freshtoken.statestore import SaveFailed
 
     timeouts = PgTimeouts(idle_in_transaction=idle, margin=min(1.0, idle / 2), lock=10, statement=10)
     mine = AccountState(refresh_token=Secret("from-holder"), last_refresh=time.time())
@@ -235,9 +236,10 @@ def _holder(dsn: str, account: str, idle: float) -> None:
         except LockLost as exc:
             print(f"lost {type(exc).__name__}", flush=True)
         try:
-            print(f"saved {tx.save(mine)}", flush=True)
+            tx.save(mine)
+            print(f"saved {tx.version}", flush=True)
             return
-        except (LockLost, FencedOff, DatabaseUnavailable) as exc:
+        except SaveFailed as exc:
             print(f"refused {type(exc).__name__}", flush=True)
         try:
             print(f"recovered {store.save_if_version(account, read_version, mine)}", flush=True)

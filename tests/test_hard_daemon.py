@@ -16,7 +16,7 @@ from freshtoken.config import Account
 from freshtoken.daemon import Daemon
 from freshtoken.errors import RotatedTokenNotSaved, StateWriteError, TemporaryError
 from freshtoken.model import AccessToken, AccountState, Secret, TokenResponse
-from freshtoken.oauth import Timeouts, make_session
+from freshtoken.oauth import BeforeSend, Timeouts, make_session
 from freshtoken.pacing import PacedTokenClient
 from freshtoken.store import Store
 from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
@@ -94,7 +94,7 @@ def test_a_state_too_deeply_nested_to_parse_is_reported_at_start_and_in_the_hear
 class BuggyClient(PacedTokenClient):
     """A token client with a bug: every refresh raises an exception no code path expects."""
 
-    def refresh(self, account: Account, refresh_token: Secret) -> TokenResponse:
+    def refresh(self, account: Account, refresh_token: Secret, *, before_send: BeforeSend | None = None) -> TokenResponse:
         raise OverflowError("timestamp out of range for platform time_t")
 
 

@@ -24,7 +24,7 @@ from freshtoken.config import Account
 from freshtoken.errors import MalformedAnswer, RotatedTokenNotSaved, StateWriteError
 from freshtoken.fsutil import RESERVE
 from freshtoken.model import AccountState, Secret, TokenResponse
-from freshtoken.oauth import Timeouts, TokenClient, make_session
+from freshtoken.oauth import BeforeSend, Timeouts, TokenClient, make_session
 from freshtoken.refresh import Refresher
 from freshtoken.store import Store
 from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
@@ -205,8 +205,8 @@ def test_one_shot_refresh_that_cannot_save_the_rotated_token_exits_1_saying_so(
 class RefusingClient(TokenClient):
     """The oauth module's verdict on an answer it refuses (e.g. expires_in 0): MalformedAnswer with the rotated token in it."""
 
-    def refresh(self, account: Account, refresh_token: Secret) -> TokenResponse:
-        answer = super().refresh(account, refresh_token)  # a real grant: the server has rotated the refresh token
+    def refresh(self, account: Account, refresh_token: Secret, *, before_send: BeforeSend | None = None) -> TokenResponse:
+        answer = super().refresh(account, refresh_token, before_send=before_send)  # a real grant: the server has rotated the refresh token
         raise MalformedAnswer("malformed token answer: expires_in 0 is not a positive number", refresh_token=answer.refresh_token)
 
 

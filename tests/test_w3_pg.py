@@ -16,17 +16,17 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install '.[postgres]')")
 
-from freshtoken.errors import FreshtokenError  # noqa: E402
+from freshtoken.errors import FreshtokenError, TemporaryError  # noqa: E402
 from freshtoken.model import AccessToken, AccountState, Secret  # noqa: E402
 from freshtoken.pgstore import (  # noqa: E402
     DatabaseUnavailable,
     FencedOff,
-    LockLost,
     PgStore,
     PgTimeouts,
     SchemaMismatch,
     redact,
 )
+from freshtoken.statestore import SaveFailed  # noqa: E402
 from pgcluster import PgCluster, holder, lock_waiters, pg_cluster, pg_dsn, wait_until  # noqa: E402, F401  (fixtures)
 
 NOW = 1_800_000_000.0
@@ -124,7 +124,8 @@ def test_two_transactions_on_one_account_serialize(pg_dsn: str) -> None:
             waiter.start()
             wait_until(lambda: lock_waiters(pg_dsn) == 1, "the second transaction to wait for the lock")
             assert not seen
-            assert tx.save(token_state("rotated-by-a")) == 1
+            tx.save(token_state("rotated-by-a"))
+            assert tx.version == 1
         waiter.join(30)
         assert seen == {"version": 1, "refresh": Secret("rotated-by-a")}
         row = store.read("acct")
@@ -139,7 +140,7 @@ def test_the_version_fence_refuses_a_stale_save(pg_dsn: str) -> None:
             with b.transaction("acct") as other:
                 assert other.version == 1
                 other.save(token_state("r2"))
-            with pytest.raises(FencedOff, match="acct: the stored state changed since version 1 was read .version 2 by b."):
+            with pytest.raises(SaveFailed, match="acct: the stored state changed since version 1 was read .version 2 by b."):
                 tx.save(token_state("stale"))
         with pytest.raises(FencedOff):
             a.save_if_version("acct", 1, token_state("stale"))
@@ -155,7 +156,8 @@ def test_a_block_that_saves_nothing_releases_the_lock(pg_dsn: str) -> None:
         with pytest.raises(RuntimeError), store.transaction("acct"):
             raise RuntimeError("boom")
         with store.transaction("acct") as tx:
-            assert tx.save(token_state("r1")) == 1
+            tx.save(token_state("r1"))
+            assert tx.version == 1
 
 
 def test_notify_carries_only_account_and_version(pg_dsn: str) -> None:
@@ -187,12 +189,15 @@ def test_an_attempt_outlives_its_senders_session_until_the_recovery_save(pg_clus
             seed.save(token_state("r1"))
         with a.transaction("acct") as tx:
             assert tx.attempt is None
-            assert tx.before_send() == a.timeouts.request_budget
+            assert 0 < tx.before_send() <= a.timeouts.request_budget
             pg_cluster.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE state = 'idle in transaction'", dbname)
             with b.transaction("acct") as other:
                 assert other.attempt is not None and (other.attempt.host, other.attempt.version) == ("a", 1)
+                assert not other.attempt.sender_gone  # a's process (its presence lock) is alive: b must wait for it
                 assert other.state.refresh_token == Secret("r1")
-            with pytest.raises(LockLost, match="acct: the PostgreSQL session holding the account's lock has ended"):
+                with pytest.raises(TemporaryError, match="acct: a sent this refresh token .* and has not saved the answer; waiting"):
+                    other.before_send()
+            with pytest.raises(SaveFailed, match="acct: the PostgreSQL session holding the account's lock has ended"):
                 tx.save(token_state("r2"))
         assert a.save_if_version("acct", 1, token_state("r2")) == 2
         with b.transaction("acct") as other:
@@ -203,9 +208,11 @@ def test_an_attempt_outlives_its_senders_session_until_the_recovery_save(pg_clus
 
 
 def make_due(store: PgStore, names: list[str]) -> None:
+    store.due = lambda _name, _state: NOW - 1
     for name in names:
         with store.transaction(name) as tx:
-            tx.save(token_state(f"r-{name}"), due_at=NOW - 1)
+            tx.save(token_state(f"r-{name}"))
+    store.due = None
 
 
 def test_claims_skip_accounts_under_a_refresh_lock(pg_dsn: str) -> None:
@@ -295,7 +302,7 @@ def test_a_stalled_holder_loses_its_lock_and_cannot_save(pg_dsn: str) -> None:
         os.kill(child.pid, signal.SIGCONT)
         child.stdin.write("go\n")
         child.stdin.flush()
-        assert child.stdout.read().split("\n") == ["lost LockLost", "refused LockLost", "fenced", ""]
+        assert child.stdout.read().split("\n") == ["lost LockLost", "refused SaveFailed", "fenced", ""]
         assert child.wait(30) == 0
         row = b.read("acct")
         assert row is not None and row.version == 1 and row.last_refresh_host == "b"

@@ -8,6 +8,7 @@ The config's types live in model.py and are re-exported here for the modules tha
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import replace
@@ -172,20 +173,25 @@ def _collect_lines(node: yaml.Node, prefix: str, lines: dict[str, int], file: st
 
 
 def resolve_secret_files(config: Config, environ: Mapping[str, str], *, defer_credentials: bool = False) -> Config:
-    accounts = {}
     warnings = list(config.warnings)
-    for name, account in config.accounts.items():
-        value = account.client_secret_file
-        if value and defer_credentials and "/" not in value and not environ.get("CREDENTIALS_DIRECTORY"):
-            warnings.append(
-                f"accounts.{name}.client_secret_file: credential {value!r} is read when systemd starts the service"
-                " (LoadCredential=); not checked here"
-            )
-        elif value:
-            secret = _read_secret_file(config.file, f"accounts.{name}.client_secret_file", value, environ)
-            account = replace(account, client_secret=Secret(secret))
-        accounts[name] = account
-    return replace(config, accounts=accounts, warnings=tuple(warnings))
+
+    def resolved(section: str, accounts: dict[str, Account]) -> dict[str, Account]:
+        done = {}
+        for name, account in accounts.items():
+            value = account.client_secret_file
+            if value and defer_credentials and "/" not in value and not environ.get("CREDENTIALS_DIRECTORY"):
+                warnings.append(
+                    f"{section}.{name}.client_secret_file: credential {value!r} is read when systemd starts the service"
+                    " (LoadCredential=); not checked here"
+                )
+            elif value:
+                secret = _read_secret_file(config.file, f"{section}.{name}.client_secret_file", value, environ)
+                account = replace(account, client_secret=Secret(secret))
+            done[name] = account
+        return done
+
+    accounts, templates = resolved("accounts", config.accounts), resolved("templates", config.templates)
+    return replace(config, accounts=accounts, templates=templates, warnings=tuple(warnings))
 
 
 def _read_secret_file(file: str, key: str, value: str, environ: Mapping[str, str]) -> str:
@@ -210,9 +216,12 @@ def _read_secret_file(file: str, key: str, value: str, environ: Mapping[str, str
 
 
 def _has_literal_secret(doc: Any) -> bool:
-    if not isinstance(doc, dict) or not isinstance(doc.get("accounts"), dict):
+    if not isinstance(doc, dict):
         return False
-    for account in doc["accounts"].values():
+    if isinstance(doc.get("shared_state"), str) and re.search(r"password=(?!\$\{)|:(?!\$\{)[^/@:]+@", doc["shared_state"]):
+        return True  # a password written into the connection string
+    sections = [doc.get(key) for key in ("accounts", "templates")]
+    for account in [a for section in sections if isinstance(section, dict) for a in section.values()]:
         if isinstance(account, dict):
             for key in ("client_secret", "refresh_token"):
                 value = account.get(key)

@@ -31,7 +31,9 @@ TOP_KEYS = (
     "connect_timeout",
     "read_timeout",
     "min_refresh_interval",
+    "shared_state",
     "accounts",
+    "templates",
 )
 
 

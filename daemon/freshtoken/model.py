@@ -250,6 +250,8 @@ class Account:
     device_authorization_url: str | None = None
     device_login: bool = False  # `login` uses the device flow (RFC 8628) unless told --no-device
     revocation_url: str | None = None  # RFC 7009, for `logout`
+    # False: no file at all, not even the token dir's own (`outputs: []` with shared_state: readers use the database).
+    local_files: bool = True
 
     def secrets(self) -> list[str]:
         """Every secret this account holds, for redaction checks."""
@@ -272,6 +274,10 @@ class Config:
     # The shortest time between two refreshes of one account, whatever expires_in the server sends:
     # a server answering expires_in 1 (or 0.01) must not turn freshtoken into a load generator.
     min_refresh_interval: float = 10.0
+    # PostgreSQL instead of state_dir for states and refresh tokens (a libpq URI or key=value string; may hold a password).
+    shared_state: Secret | None = None
+    # Accounts whose per-user grants are rows in the shared state, named TEMPLATE/USER (see user_account).
+    templates: dict[str, Account] = field(default_factory=dict)
     warnings: tuple[str, ...] = field(default=(), compare=False)
     # Keys whose ${VAR} was left as written (a lenient load for `status`): their values are not the real ones.
     unresolved: frozenset[str] = field(default=frozenset(), compare=False)
@@ -288,6 +294,16 @@ class Config:
 
     def margin_for(self, account: Account) -> int | None:
         return account.refresh_margin if account.refresh_margin is not None else self.refresh_margin
+
+
+USER_SEPARATOR = "/"  # TEMPLATE/USER: no account name holds one, so a grant's row never clashes with an account's
+
+
+def user_account(template: Account, user: str) -> Account:
+    """The account one user's grant of `template` is refreshed as: the template's client, no seed, no files, no hook."""
+    return replace(
+        template, name=f"{template.name}{USER_SEPARATOR}{user}", refresh_token=None, outputs=(), on_refresh=(), local_files=False
+    )
 
 
 _PARENT_KEY = re.compile(r"(\.[^.\[]*|\[\d+\])$")  # accounts.a.outputs[0] -> accounts.a.outputs -> accounts.a

@@ -42,6 +42,8 @@ USER_AGENT = f"freshtoken/{__version__} (+https://github.com/freshtoken/freshtok
 TEMPORARY_CODES = {"server_error", "temporarily_unavailable", "slow_down"}
 # Codes that mean "this grant is dead, log in again", beyond RFC 6749's invalid_grant: GitHub answers a spent or
 # expired refresh token with bad_refresh_token and a used code with bad_verification_code (both with HTTP 200).
+BeforeSend = Callable[[], "float | None"]  # see TokenClient.refresh
+
 INVALID_GRANT_CODES = {"invalid_grant", "bad_refresh_token", "bad_verification_code"}
 INVALID_CLIENT_CODES = {"invalid_client", "incorrect_client_credentials"}  # the second is GitHub's
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"  # RFC 8628 §3.4
@@ -117,15 +119,16 @@ class TokenClient:
 
     # ------------------------------------------------------------ grants
 
-    def refresh(self, account: Account, refresh_token: Secret) -> TokenResponse:
+    def refresh(self, account: Account, refresh_token: Secret, *, before_send: BeforeSend | None = None) -> TokenResponse:
+        """`before_send()` runs right before the request leaves and may bound it (see statestore.StateTransaction.before_send)."""
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token.reveal()}
-        return self._request(account, form, secrets_in_play=[refresh_token])
+        return self._request(account, form, secrets_in_play=[refresh_token], before_send=before_send)
 
-    def client_credentials(self, account: Account) -> TokenResponse:
+    def client_credentials(self, account: Account, *, before_send: BeforeSend | None = None) -> TokenResponse:
         form = {"grant_type": "client_credentials"}
         if account.scopes:
             form["scope"] = " ".join(account.scopes)
-        return self._request(account, form)
+        return self._request(account, form, before_send=before_send)
 
     def exchange_code(self, account: Account, code: str, redirect_uri: str, code_verifier: str | None) -> TokenResponse:
         form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
@@ -195,11 +198,21 @@ class TokenClient:
 
     # ------------------------------------------------------------ transport
 
-    def _request(self, account: Account, form: dict[str, str], secrets_in_play: Iterable[Secret] = ()) -> TokenResponse:
-        return self._interpret(self._post(account.token_url, account, form, secrets_in_play=secrets_in_play), account.name)
+    def _request(
+        self, account: Account, form: dict[str, str], secrets_in_play: Iterable[Secret] = (), before_send: BeforeSend | None = None
+    ) -> TokenResponse:
+        answer = self._post(account.token_url, account, form, secrets_in_play=secrets_in_play, before_send=before_send)
+        return self._interpret(answer, account.name)
 
     def _post(
-        self, url: str, account: Account, form: dict[str, str], *, secrets_in_play: Iterable[Secret] = (), basic_only: bool = False
+        self,
+        url: str,
+        account: Account,
+        form: dict[str, str],
+        *,
+        secrets_in_play: Iterable[Secret] = (),
+        basic_only: bool = False,
+        before_send: BeforeSend | None = None,
     ) -> _Answer:
         """POST `form` with the client's authentication; the answer read under the size cap and the total deadline."""
         # GitHub answers form-encoded unless asked for JSON; servers that ignore Accept are read either way.
@@ -221,8 +234,14 @@ class TokenClient:
         # Everything the answer's handling needs is prepared before the request goes out: from the answer's
         # last byte to a parsed TokenResponse is the window in which a kill loses a rotated refresh token.
         redaction = Redaction(hidden)
+        deadline, connect = self.timeouts.deadline, self.timeouts.connect
+        budget = before_send() if before_send is not None else None  # last: nothing may come between it and the send
+        if budget is not None:
+            if budget <= 0:
+                raise TemporaryError(f"no time left to send the request ({host}); not sent")
+            deadline, connect = min(deadline, budget), min(connect, budget)
         started = self.clock()
-        watch = _WATCHDOG.start(self.timeouts.deadline)
+        watch = _WATCHDOG.start(deadline)
         response: requests.Response | None = None
         try:
             try:
@@ -230,7 +249,7 @@ class TokenClient:
                     url,
                     data=form,
                     headers=headers,
-                    timeout=(self.timeouts.connect, self.timeouts.read),
+                    timeout=(connect, self.timeouts.read),
                     allow_redirects=False,
                     stream=True,  # read by _read_capped, never whole
                     auth=_headers_as_given,  # else requests takes credentials from ~/.netrc over ours
@@ -243,7 +262,7 @@ class TokenClient:
             finally:
                 _WATCHDOG.stop(watch)
                 if watch.expired:
-                    raise TemporaryError(f"no complete answer within {self.timeouts.deadline:g}s ({host})") from None
+                    raise TemporaryError(f"no complete answer within {deadline:g}s ({host})") from None
         except requests.Timeout as exc:
             kind = "connecting" if isinstance(exc, requests.ConnectTimeout) else "waiting for an answer"
             raise TemporaryError(f"timed out {kind} ({host})") from None

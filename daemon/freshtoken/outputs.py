@@ -35,7 +35,9 @@ def all_outputs(token_dir: Path, account: Account) -> list[Output]:
 
 
 def write_all(token_dir: Path, account: Account, token: AccessToken) -> None:
-    """Write every file for `account`; try them all, then raise one OutputError naming the failures."""
+    """Write every file for `account` (none without local_files); try them all, then raise one OutputError naming the failures."""
+    if not account.local_files:
+        return
     failures = []
     try:
         ensure_dir(token_dir, TOKEN_DIR_MODE)

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from freshtoken.errors import TemporaryError
 from freshtoken.model import Account, Secret, TokenResponse
-from freshtoken.oauth import Timeouts, TokenClient
+from freshtoken.oauth import BeforeSend, Timeouts, TokenClient
 
 if TYPE_CHECKING:
     import requests
@@ -138,11 +138,12 @@ class PacedTokenClient(TokenClient):
                 limiter = self._limiters[key] = RateLimiter(self.rate, self.burst, clock=self.monotonic, sleep=self.sleep)
             return limiter
 
-    def refresh(self, account: Account, refresh_token: Secret) -> TokenResponse:
-        return self._paced(account, lambda: super(PacedTokenClient, self).refresh(account, refresh_token))
+    def refresh(self, account: Account, refresh_token: Secret, *, before_send: BeforeSend | None = None) -> TokenResponse:
+        # before_send runs after the pacing wait, right before the request leaves: a shared store's lock budget is not spent waiting.
+        return self._paced(account, lambda: super(PacedTokenClient, self).refresh(account, refresh_token, before_send=before_send))
 
-    def client_credentials(self, account: Account) -> TokenResponse:
-        return self._paced(account, lambda: super(PacedTokenClient, self).client_credentials(account))
+    def client_credentials(self, account: Account, *, before_send: BeforeSend | None = None) -> TokenResponse:
+        return self._paced(account, lambda: super(PacedTokenClient, self).client_credentials(account, before_send=before_send))
 
     @contextlib.contextmanager
     def token_expiry(self, expires_at: float | None) -> Iterator[None]:

@@ -24,15 +24,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
-from freshtoken.errors import FreshtokenError, TemporaryError
-from freshtoken.model import AccountState
+from freshtoken.errors import FreshtokenError, StateUnusable, TemporaryError
+from freshtoken.model import USER_SEPARATOR, AccountState, Secret
+from freshtoken.statestore import SaveFailed
+from freshtoken.store import DaemonLock, Store
 
 
 class MissingExtra(FreshtokenError):
@@ -54,6 +58,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "freshtoken_state"  # NOTIFY payload: '<account>:<version>' and nothing else (every role can LISTEN)
 READER_ROLE = "freshtoken_reader"
+ATTEMPT_WAIT = 600.0  # seconds a live host's unsaved refresh is waited for before its token is tried anyway
 _MIGRATION_LOCK = 0x66726573  # pg_advisory_xact_lock key: two hosts migrating at once take turns
 
 # Each entry moves the schema from version i to i+1. Never edit a released entry: append a new one.
@@ -88,9 +93,34 @@ MIGRATIONS: tuple[str, ...] = (
         account    text PRIMARY KEY,
         version    bigint NOT NULL,                        -- the account version whose refresh token was sent
         host       text NOT NULL,
+        presence   bigint NOT NULL,                        -- the sender's advisory lock, held while its process lives
         started_at timestamptz NOT NULL DEFAULT now()
     );
     REVOKE ALL ON freshtoken_attempt FROM PUBLIC;
+    -- How an application stores a user's grant of a template (after its own login flow): the daemons
+    -- refresh it from then on. Runs with the table owner's rights, so EXECUTE is all an application needs.
+    CREATE FUNCTION freshtoken_put_grant(p_account text, p_refresh_token text) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+    DECLARE v bigint;
+    BEGIN
+        IF p_account IS NULL OR p_account !~ '^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.@+-]{0,199}$' THEN
+            RAISE EXCEPTION 'freshtoken_put_grant: % is not TEMPLATE/USER', p_account USING ERRCODE = '22023';
+        END IF;
+        IF coalesce(p_refresh_token, '') = '' THEN
+            RAISE EXCEPTION 'freshtoken_put_grant: the refresh token is empty' USING ERRCODE = '22023';
+        END IF;
+        INSERT INTO freshtoken_account AS a (account, version, doc, refresh_due_at)
+        VALUES (p_account, 1, jsonb_build_object('version', 1, 'refresh_token', p_refresh_token,
+                                                 'refresh_token_obtained_at', extract(epoch from now())::float8), now())
+        ON CONFLICT (account) DO UPDATE
+            SET doc = excluded.doc, version = a.version + 1, expires_at = NULL, refresh_due_at = now(),
+                claimed_by = NULL, claimed_until = NULL, updated_at = now()
+        RETURNING a.version INTO v;
+        DELETE FROM freshtoken_attempt WHERE account = p_account;
+        PERFORM pg_notify('freshtoken_state', p_account || ':' || v);
+        RETURN v;
+    END $$;
+    REVOKE ALL ON FUNCTION freshtoken_put_grant(text, text) FROM PUBLIC;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -220,11 +250,16 @@ class AccountRow:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """A refresh token sent (or about to be) by `host` at `started_at` (epoch) whose outcome was never saved."""
+    """A refresh token sent (or about to be) by `host` at `started_at` (epoch) whose outcome was never saved.
+
+    `age`: seconds since, by the database's clock; `sender_gone`: the sending process no longer holds its presence lock.
+    """
 
     host: str
     version: int
     started_at: float
+    age: float = 0.0
+    sender_gone: bool = False
 
 
 _ROW = """account, version, doc, extract(epoch from expires_at)::float8, extract(epoch from refresh_due_at)::float8,
@@ -242,14 +277,12 @@ _UPDATE = """
 """
 
 
-def _state(account: str, doc: Any) -> AccountState:
+def _state(account: str, doc: Any, where: str) -> AccountState:
+    """The row's document as a state; StateUnusable for one this code cannot use (damage, another version)."""
     try:
         return AccountState.from_json(doc)
     except (ValueError, TypeError) as exc:
-        # As the file store does with a damaged file: start afresh (from the config's seed); the row keeps
-        # the old document until the next save.
-        log.error("%s: the state stored in PostgreSQL is unusable (%s); starting afresh", account, _first_line(exc))
-        return AccountState()
+        raise StateUnusable(f"{account}: the state stored in PostgreSQL ({where}) is unusable: {_first_line(exc)}") from None
 
 
 # ---------------------------------------------------------------- the store
@@ -258,8 +291,20 @@ def _state(account: str, doc: Any) -> AccountState:
 class PgStore:
     """Account state in PostgreSQL. Thread-safe: each transaction has a connection of its own."""
 
-    def __init__(self, dsn: str, *, host: str | None = None, timeouts: PgTimeouts | None = None, max_idle: int = 4) -> None:
-        params = parse_dsn(dsn)
+    def __init__(
+        self,
+        dsn: str | Secret,
+        *,
+        state_dir: Path | None = None,
+        host: str | None = None,
+        timeouts: PgTimeouts | None = None,
+        max_idle: int = 4,
+        due: Callable[[str, AccountState], float | None] | None = None,
+        attempt_wait: float = ATTEMPT_WAIT,
+    ) -> None:
+        """`state_dir` keeps the local things (the one-daemon-per-host lock, the wake socket); `due(account, state)`
+        says when some host should next refresh a state being saved (default: when its access token expires)."""
+        params = parse_dsn(dsn.reveal() if isinstance(dsn, Secret) else dsn)
         self._password = params.get("password")  # only to scrub it from messages, should libpq ever echo it
         self.timeouts = timeouts or PgTimeouts()
         params.setdefault("connect_timeout", str(max(2, round(self.timeouts.connect))))  # libpq's minimum is 2
@@ -267,11 +312,19 @@ class PgStore:
         # Appended to the user's own options, if any: per-session settings, no extra round trip.
         params["options"] = f"{params.get('options', '')} {self.timeouts.options()}".strip()
         self._params = params
-        self.where = redact(dsn)
+        self.where = redact(dsn.reveal() if isinstance(dsn, Secret) else dsn)
         self.host = host or socket.gethostname()
+        self.local = Store(state_dir) if state_dir is not None else None
+        self.due = due
+        self.attempt_wait = attempt_wait
         self._idle: list[psycopg.Connection[Any]] = []
         self._max_idle = max_idle
         self._mutex = threading.Lock()
+        # This process's presence: an advisory lock held on a connection of its own while the process lives, named
+        # in each attempt it records. Another host that can take it knows the sender is gone (see _sender_gone).
+        self.presence = secrets.randbits(62) + 1
+        self._presence_conn: psycopg.Connection[Any] | None = None
+        self.saved_versions: dict[str, int] = {}  # the last version this process saved, per account: its own NOTIFYs
 
     def __repr__(self) -> str:
         return f"PgStore({self.where!r})"
@@ -306,8 +359,26 @@ class PgStore:
     def close(self) -> None:
         with self._mutex:
             idle, self._idle = self._idle, []
-        for conn in idle:
+            presence, self._presence_conn = self._presence_conn, None
+        for conn in [*idle, *([presence] if presence else [])]:
             conn.close()
+
+    def _ensure_presence(self) -> None:
+        """Hold this process's presence lock (again, after a database restart) before recording an attempt."""
+        with self._mutex:
+            conn = self._presence_conn
+            if conn is not None and not conn.closed:
+                try:
+                    conn.execute("SELECT 1")
+                    return
+                except psycopg.Error:
+                    conn.close()
+            conn = self._presence_conn = self.connect(autocommit=True)
+            try:
+                conn.execute("SELECT pg_advisory_lock(%s)", (self.presence,))
+            except psycopg.Error as exc:
+                conn.close()
+                raise DatabaseUnavailable(f"PostgreSQL ({self.where}): {_first_line(exc, self._password)}") from None
 
     def __enter__(self) -> PgStore:
         return self
@@ -391,12 +462,90 @@ class PgStore:
         return None if row is None else _account_row(row)
 
     def load(self, account: str) -> AccountState:
-        row = self.read(account)
-        return row.state if row else AccountState()
-
-    def accounts(self) -> list[str]:
+        """The stored state, read only (StateUnusable for a document this code cannot use; an empty state if there is none)."""
         with self._session() as conn:
-            return [str(r[0]) for r in conn.execute("SELECT account FROM freshtoken_account ORDER BY account")]
+            row = conn.execute("SELECT doc FROM freshtoken_account WHERE account = %s", (account,)).fetchone()
+        return AccountState() if row is None else _state(account, row[0], self.where)
+
+    def mtime(self, account: str) -> float | None:
+        """The row's version: it changes with every save (the daemon's change scan; None: no row or no database)."""
+        try:
+            with self._session() as conn:
+                row = conn.execute("SELECT version FROM freshtoken_account WHERE account = %s", (account,)).fetchone()
+        except DatabaseUnavailable:
+            return None
+        return None if row is None else float(row[0])
+
+    def accounts(self, prefix: str = "") -> list[str]:
+        with self._session() as conn:
+            rows = conn.execute("SELECT account FROM freshtoken_account WHERE starts_with(account, %s) ORDER BY account", (prefix,))
+            return [str(r[0]) for r in rows]
+
+    def template_summary(self, template: str, now: float) -> dict[str, int]:
+        """How many users' grants `template` has: in all, with a valid access token, waiting for a login."""
+        with self._session() as conn:
+            row = conn.execute(
+                """SELECT count(*), count(*) FILTER (WHERE expires_at > to_timestamp(%(now)s::float8)),
+                          count(*) FILTER (WHERE refresh_due_at IS NULL)
+                     FROM freshtoken_account WHERE starts_with(account, %(prefix)s)""",
+                {"now": float(now), "prefix": template + USER_SEPARATOR},
+            ).fetchone()
+        assert row is not None  # noqa: S101  # an aggregate always returns a row
+        return {"users": int(row[0]), "valid": int(row[1]), "needs_login": int(row[2])}
+
+    def delete(self, account: str) -> bool:
+        """Delete the account's row under its lock (`logout`); False if there was none."""
+        with self.transaction(account) as tx:
+            return tx.delete()
+
+    # ------------------------------------------------ local things: one daemon per host, the wake socket
+
+    def _local(self) -> Store:
+        if self.local is None:
+            raise RuntimeError("PgStore was made without a state_dir: it has no daemon lock or wake socket")
+        return self.local
+
+    def daemon_lock(self, token_dir: Path | None = None) -> DaemonLock:
+        """One daemon per host's state dir (and token dir); other hosts' daemons run beside it, on the same rows."""
+        return self._local().daemon_lock(token_dir)
+
+    def wake_daemon(self, word: str = "rescan") -> bool:
+        """Tell this host's daemon at once; the others hear the save's NOTIFY."""
+        return self.local.wake_daemon(word) if self.local is not None else False
+
+    def open_wake_socket(self) -> socket.socket | None:
+        return self._local().open_wake_socket()
+
+    def watch(self, changed: Callable[[str | None, int], None], stopping: threading.Event) -> threading.Thread:
+        """Call `changed(account, version)` for each save another process committed, from a thread of its own, until `stopping`.
+
+        After a (re)connect, `changed(None, 0)`: notifications sent meanwhile are lost, so re-read everything.
+        The database being down is logged once; the thread reconnects with backoff (1 s doubling to 30 s).
+        """
+
+        def listen() -> None:
+            delay, down = 1.0, False
+            while not stopping.is_set():
+                try:
+                    with self.listen() as listener:
+                        if down:
+                            log.warning("PostgreSQL (%s) is reachable again", self.where)
+                        delay, down = 1.0, False
+                        changed(None, 0)
+                        while not stopping.is_set():
+                            for account, version in listener.notifications(timeout=1.0):
+                                if self.saved_versions.get(account) != version:
+                                    changed(account, version)
+                except DatabaseUnavailable as exc:
+                    if not down:
+                        log.warning("%s; serving the tokens in the files, retrying", exc)
+                    down = True
+                stopping.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+        thread = threading.Thread(target=listen, name="pg-listen", daemon=True)
+        thread.start()
+        return thread
 
     # ------------------------------------------------ the refresh transaction
     #
@@ -449,7 +598,7 @@ class PgStore:
         conn = self._take()
         try:
             row = self._lock_row(conn, account)
-            tx = PgTransaction(self, conn, account, int(row[0]), _state(account, row[1]))
+            tx = PgTransaction(self, conn, account, int(row[0]), row[1])
             tx.attempt = self._attempt(conn, account, tx.version)
             yield tx
         finally:
@@ -474,22 +623,31 @@ class PgStore:
         return tuple(row)
 
     def _attempt(self, conn: psycopg.Connection[Any], account: str, version: int) -> Attempt | None:
+        """The unsaved attempt on this version, if any, and whether its sender's process is gone (its presence lock is free)."""
         try:
             row = conn.execute(
-                "SELECT host, extract(epoch from started_at)::float8 FROM freshtoken_attempt WHERE account = %s AND version = %s",
+                """SELECT host, extract(epoch from started_at)::float8, extract(epoch from now() - started_at)::float8, presence
+                     FROM freshtoken_attempt WHERE account = %s AND version = %s""",
                 (account, version),
             ).fetchone()
+            if row is None:
+                return None
+            # Taken only if no session holds it: the sender's process is dead (or its database session is). Released at commit.
+            taken = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (row[3],)).fetchone() if row[3] != self.presence else None
+            gone = bool(taken and taken[0])
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"{account}: PostgreSQL ({self.where}): {_first_line(exc, self._password)}") from None
-        return None if row is None else Attempt(str(row[0]), version, float(row[1]))
+        return Attempt(str(row[0]), version, float(row[1]), age=float(row[2]), sender_gone=gone)
 
     def record_attempt(self, account: str, version: int) -> None:
-        """Commit, on a session of its own, that this host is about to send the refresh token of `version`."""
+        """Commit, on a session of its own, that this process is about to send the refresh token of `version`."""
+        self._ensure_presence()
         with self._session() as conn:
             conn.execute(
-                """INSERT INTO freshtoken_attempt (account, version, host) VALUES (%s, %s, %s)
-                   ON CONFLICT (account) DO UPDATE SET version = excluded.version, host = excluded.host, started_at = now()""",
-                (account, version, self.host),
+                """INSERT INTO freshtoken_attempt (account, version, host, presence) VALUES (%s, %s, %s, %s)
+                   ON CONFLICT (account) DO UPDATE
+                   SET version = excluded.version, host = excluded.host, presence = excluded.presence, started_at = now()""",
+                (account, version, self.host, self.presence),
             )
 
     def clear_attempt(self, account: str, version: int) -> None:
@@ -497,26 +655,31 @@ class PgStore:
         with self._session() as conn:
             conn.execute("DELETE FROM freshtoken_attempt WHERE account = %s AND version = %s AND host = %s", (account, version, self.host))
 
-    def save_if_version(
-        self, account: str, version: int, state: AccountState, *, due_at: float | None = None, refreshed: bool = True
-    ) -> int:
+    def save_if_version(self, account: str, version: int, state: AccountState, *, refreshed: bool = True) -> int:
         """Save `state` only if the row is still at `version`; returns the new version, FencedOff if not.
 
-        The recovery path for a rotated refresh token obtained under a lock whose session then ended: it
-        is kept only if no other host has saved since (which would mean the stored token moved on).
+        A save outside the row lock, made safe by the version fence alone (tests use it to play a host
+        whose lock is gone); the refresh path recovers through a new transaction instead (refresh.Unsaved).
         """
         with self._session() as conn:
-            return _fenced_update(conn, self.host, account, version, state, due_at, refreshed)
+            return self._update(conn, account, version, state, refreshed)
+
+    def _update(self, conn: psycopg.Connection[Any], account: str, version: int, state: AccountState, refreshed: bool) -> int:
+        due_at = self.due(account, state) if self.due is not None else None
+        new_version = _fenced_update(conn, self.host, account, version, state, due_at, refreshed)
+        self.saved_versions[account] = new_version
+        return new_version
 
     # ------------------------------------------------ work sharing
 
-    def claim_due(self, limit: int, now: float, *, lease: float = 60.0) -> list[str]:
+    def claim_due(self, limit: int, now: float, *, lease: float = 60.0, templates: Sequence[str] | None = None) -> list[str]:
         """Claim up to `limit` accounts due at `now` that no other host has claimed; returns their names.
 
         A claim is a lease (claimed_by, claimed_until), committed at once, so N daemons share M
         accounts without each waking for all of them. Rows under a refresh lock are skipped, not
         waited for (SKIP LOCKED). The claim only spreads the work: each claimed account is then
         refreshed in transaction(), which re-reads it under the row lock, the real guard.
+        `templates`: claim only users' grants of these templates (TEMPLATE/USER rows).
         """
         with self._session() as conn:
             rows = conn.execute(
@@ -526,14 +689,33 @@ class PgStore:
                      SELECT account FROM freshtoken_account
                       WHERE refresh_due_at <= to_timestamp(%(now)s::float8)
                         AND (claimed_until IS NULL OR claimed_until <= to_timestamp(%(now)s::float8))
+                        AND (%(all)s OR split_part(account, '/', 1) = ANY(%(templates)s) AND strpos(account, '/') > 0)
                       ORDER BY refresh_due_at
                       LIMIT %(limit)s
                         FOR NO KEY UPDATE SKIP LOCKED)
                 RETURNING account
                 """,
-                {"host": self.host, "now": float(now), "until": float(now + lease), "limit": limit},
+                {
+                    "host": self.host,
+                    "now": float(now),
+                    "until": float(now + lease),
+                    "limit": limit,
+                    "all": templates is None,
+                    "templates": list(templates or ()),
+                },
             ).fetchall()
         return sorted(str(r[0]) for r in rows)
+
+    def next_due(self, templates: Sequence[str]) -> float | None:
+        """When the next grant of these templates falls due (epoch; None: none is scheduled)."""
+        with self._session() as conn:
+            row = conn.execute(
+                """SELECT extract(epoch from min(greatest(refresh_due_at, coalesce(claimed_until, refresh_due_at))))::float8
+                     FROM freshtoken_account
+                    WHERE refresh_due_at IS NOT NULL AND strpos(account, '/') > 0 AND split_part(account, '/', 1) = ANY(%s)""",
+                (list(templates),),
+            ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     # ------------------------------------------------ notifications
 
@@ -553,7 +735,11 @@ class PgStore:
 
 def _account_row(row: Any) -> AccountRow:
     account = str(row[0])
-    return AccountRow(account, int(row[1]), _state(account, row[2]), row[3], row[4], row[5], float(row[6]))
+    try:
+        state = AccountState.from_json(row[2])
+    except (ValueError, TypeError):
+        state = AccountState()  # status says so through load(); a row is still a row
+    return AccountRow(account, int(row[1]), state, row[3], row[4], row[5], float(row[6]))
 
 
 def _fenced_update(
@@ -582,25 +768,39 @@ def _fenced_update(
 
 
 class PgTransaction:
-    """One account under its row lock: `state` and `version` as read under the lock; save() commits."""
+    """One account under its row lock: statestore.StateTransaction for PostgreSQL.
 
-    def __init__(self, store: PgStore, conn: psycopg.Connection[Any], account: str, version: int, state: AccountState) -> None:
+    `state` and `version` are as read under the lock. The first save() commits (the lock goes with
+    it); a later one runs in a transaction of its own, fenced on the version the first one wrote.
+    """
+
+    def __init__(self, store: PgStore, conn: psycopg.Connection[Any], account: str, version: int, doc: Any) -> None:
         self.account = account
         self.version = version
-        self.state = state
+        self.unusable: StateUnusable | None = None
+        try:
+            self.state = _state(account, doc, store.where)
+        except StateUnusable as exc:  # as the file store does: start afresh from the config's seed; the row is replaced by the next save
+            self.unusable, self.state = exc, AccountState()
         self.checked_at: float | None = None  # CLOCK_BOOTTIME of the last successful ensure_alive()
         # Set when a previous holder sent (or was about to send) this version's refresh token and its session
-        # ended before it saved the outcome: the token may be spent at the server. Do not send it; wait for
-        # that holder's recovery save (save_if_version), which clears this, or decide by policy.
+        # ended before it saved the outcome: the token may be spent at the server (see before_send()).
         self.attempt: Attempt | None = None
         self._store = store
         self._conn = conn
         self._phase = "locked"  # then "saved" (committed: lock released) or "lost" (the session ended under us)
 
+    @property
+    def where(self) -> str:
+        return f"{self.account} in PostgreSQL ({self._store.where})"
+
     def _lost(self, exc: BaseException | None = None) -> LockLost:
         self._phase = "lost"
         reason = f" ({_first_line(exc, self._store._password)})" if exc else ""
         return LockLost(f"{self.account}: the PostgreSQL session holding the account's lock has ended{reason}; nothing is saved")
+
+    def reserve(self) -> None:
+        """Nothing to reserve: a save is an UPDATE of a row that exists (its lock is what before_send() checks)."""
 
     def ensure_alive(self) -> float:
         """`SELECT 1` on the locked session, right before sending a refresh token; LockLost if the lock is gone.
@@ -619,19 +819,38 @@ class PgTransaction:
         return self._store.timeouts.request_budget
 
     def before_send(self) -> float:
-        """What to call right before sending the refresh token: record the attempt, then ensure_alive().
+        """Right before the refresh token is sent: the attempt rule, record the attempt, ensure_alive(); returns the budget.
+
+        An earlier sender's attempt on this very version means its request may have rotated the
+        token and its answer was never saved. If that sender's process still lives (stalled, or
+        slow), wait for it: its own next transaction saves the rotated token it holds, which ends
+        the attempt. If it is gone (killed: its presence lock is free), its answer is lost either
+        way, and the stored token is the only one there is: send it. After attempt_wait a live
+        but silent sender is no longer waited for.
 
         The attempt is committed on another session first, so that if this one ends after the token
-        left, the next holder knows (see `attempt`). If the check fails, the attempt is withdrawn (nothing
-        was sent) and LockLost raised. Returns the request budget in seconds, as ensure_alive().
+        left, the next holder knows. If the check fails, the attempt is withdrawn (nothing was sent)
+        and LockLost raised. The returned budget is what is left of the lock's life since the check.
         """
+        attempt = self.attempt
+        if attempt is not None and not attempt.sender_gone and attempt.age < self._store.attempt_wait:
+            raise TemporaryError(
+                f"{self.account}: {attempt.host} sent this refresh token {attempt.age:.0f}s ago and has not saved the answer;"
+                " waiting for it (it may be stalled) rather than spend the token twice"
+            )
+        if attempt is not None:
+            why = "its process is gone" if attempt.sender_gone else f"nothing heard for {attempt.age:.0f}s"
+            log.warning(
+                "%s: %s's refresh was never saved (%s); the stored refresh token may be spent: trying it", self.account, attempt.host, why
+            )
         self._store.record_attempt(self.account, self.version)
         try:
-            return self.ensure_alive()
+            self.ensure_alive()
         except LockLost:
             with contextlib.suppress(FreshtokenError):
                 self._store.clear_attempt(self.account, self.version)
             raise
+        return self.remaining()
 
     def remaining(self) -> float:
         """Seconds left of the request budget since the last ensure_alive() (0 if none)."""
@@ -639,40 +858,50 @@ class PgTransaction:
             return 0.0
         return max(0.0, self._store.timeouts.request_budget - (_boottime() - self.checked_at))
 
-    def save(self, state: AccountState, *, due_at: float | None = None, refreshed: bool | None = None) -> int:
-        """Persist `state` fenced on the version read, COMMIT at once (releasing the lock), NOTIFY; returns the new version.
+    def save(self, state: AccountState, *, rotated: bool = False) -> None:
+        """Persist `state` fenced on the version read, COMMIT at once (releasing the lock), NOTIFY the other hosts.
 
-        Committed before the caller does anything else, so a rotated refresh token is durable first. A
-        second save in the same block is fenced on the version the first one wrote. `due_at` (epoch) is
-        when a host should next refresh it, by default the access token's expiry; `refreshed` (default:
-        last_refresh changed) records this host as the last to refresh. LockLost if the locked session
-        has ended (then only store.save_if_version() can still keep a rotated token), FencedOff if
-        another host saved since.
+        Committed before the caller does anything else, so a rotated refresh token is durable first
+        (`rotated` changes nothing here: the commit is the only step). SaveFailed if the locked session
+        has ended (refresh.Unsaved then keeps a rotated token for the next transaction, which saves it if
+        the row has not moved on), if another host saved since, or if the database fails.
         """
         if self._phase == "lost":
-            raise self._lost()
-        if refreshed is None:
-            refreshed = state.last_refresh != self.state.last_refresh
+            raise SaveFailed(self.where, "the session holding the lock has ended")
+        refreshed = state.last_refresh != self.state.last_refresh
         conn, locked = self._conn, self._phase == "locked"
         try:  # the first save ends the locked transaction; a later one runs in a transaction of its own
-            new_version = _fenced_update(conn, self._store.host, self.account, self.version, state, due_at, refreshed)
+            new_version = self._store._update(conn, self.account, self.version, state, refreshed)
             conn.commit()
-        except FencedOff:
+        except FencedOff as exc:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
             self._phase = "saved" if self._phase == "locked" else self._phase
-            raise
+            raise SaveFailed(self.where, str(exc)) from None
         except psycopg.Error as exc:
             if locked and (conn.closed or isinstance(exc, psycopg.OperationalError)):
-                raise self._lost(exc) from None
+                raise SaveFailed(self.where, str(self._lost(exc))) from None
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
-            raise DatabaseUnavailable(
-                f"{self.account}: PostgreSQL ({self._store.where}): {_first_line(exc, self._store._password)}"
-            ) from None
+            raise SaveFailed(self.where, _first_line(exc, self._store._password)) from None
         self._phase = "saved"
-        self.version, self.state = new_version, state
-        return new_version
+        self.version, self.state, self.unusable, self.attempt = new_version, state, None, None
+
+    def delete(self) -> bool:
+        """Delete the row (`logout`): the other hosts hear of it and find no grant; False if it held nothing."""
+        if self._phase != "locked":
+            raise SaveFailed(self.where, "the lock is no longer held")
+        had = self.state != AccountState() or self.unusable is not None
+        try:
+            self._conn.execute("DELETE FROM freshtoken_account WHERE account = %s", (self.account,))
+            self._conn.execute("DELETE FROM freshtoken_attempt WHERE account = %s", (self.account,))
+            self._conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{self.account}:0"))
+            self._conn.commit()
+        except psycopg.Error as exc:
+            raise SaveFailed(self.where, _first_line(exc, self._store._password)) from None
+        self._phase = "saved"
+        self.state, self.unusable = AccountState(), None
+        return had
 
 
 class Listener:

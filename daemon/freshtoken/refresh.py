@@ -140,7 +140,7 @@ class Refresher:
             # read-only state dir fails here, with nothing sent.
             tx.reserve()
             try:
-                response = self._grant(account, state)
+                response = self._grant(account, state, tx)
             except MalformedAnswer as exc:
                 # Refused as a whole, but a rotated refresh token in it is the grant's only live copy now.
                 kept = replace(state, refresh_token=_secret(exc.refresh_token) or state.refresh_token)
@@ -232,10 +232,11 @@ class Refresher:
             self._record(tx, state.with_error(message, now))
             raise InvalidGrant(message)
 
-    def _grant(self, account: Account, state: AccountState) -> TokenResponse:
+    def _grant(self, account: Account, state: AccountState, tx: StateTransaction) -> TokenResponse:
+        # tx.before_send: a shared store checks its lock is alive right before the request and bounds it by the lock's life.
         if account.grant == Grant.CLIENT_CREDENTIALS or state.refresh_token is None:  # None: client_credentials only
-            return self.client.client_credentials(account)
-        return self.client.refresh(account, state.refresh_token)
+            return self.client.client_credentials(account, before_send=tx.before_send)
+        return self.client.refresh(account, state.refresh_token, before_send=tx.before_send)
 
     def write_current(self, account: Account) -> AccountState | None:
         """Write out the state's token if it is still valid; returns the state, or None if it is not."""

@@ -255,17 +255,18 @@ def parse(
     read_timeout = top.number("read_timeout", _DEFAULT["read_timeout"], minimum=0.1, duration=True)
     min_refresh_interval = top.number("min_refresh_interval", _DEFAULT["min_refresh_interval"], minimum=1.0, duration=True)
 
-    raw_accounts = top.raw("accounts")
-    if raw_accounts is None:
-        raise ctx.error("accounts", "missing: the config needs at least one account")
-    accounts_reader = _Reader(raw_accounts, "accounts", ctx)
-    if not accounts_reader.doc:
-        raise ctx.error("accounts", "no accounts defined")
-    accounts = {}
-    for name in accounts_reader.doc:
-        if not ACCOUNT_NAME.fullmatch(name):
-            raise ctx.error(f"accounts.{name}", "account names start with a letter or digit and use only letters, digits, '_', '.' and '-'")
-        accounts[name] = _parse_account(name, accounts_reader.doc[name], ctx)
+    shared_state = _shared_state(top)
+    accounts = _parse_section(top, "accounts", ctx, shared=shared_state is not None)
+    templates = _parse_section(top, "templates", ctx, shared=True) if top.raw("templates") is not None else {}
+    if templates and shared_state is None:
+        raise ctx.error("templates", "templates need shared_state: their users' grants are rows in PostgreSQL")
+    for name in templates:
+        if name in accounts:
+            raise ctx.error(f"templates.{name}", f"{name!r} is an account too; give the template another name")
+    if not accounts and not templates:
+        raise ctx.error(
+            "accounts", "missing: the config needs at least one account" if top.raw("accounts") is None else "no accounts defined"
+        )
     warnings = tuple(
         f"{file}: accounts.{name}.redirect_uri: Spotify refuses localhost; register and use http://127.0.0.1:PORT/... instead"
         for name, account in accounts.items()
@@ -284,14 +285,53 @@ def parse(
         connect_timeout=float(connect_timeout),
         read_timeout=float(read_timeout),
         min_refresh_interval=float(min_refresh_interval),
+        shared_state=Secret(shared_state) if shared_state else None,
+        templates=templates,
         warnings=warnings,
         unresolved=frozenset(ctx.unresolved),
         lines=dict(ctx.lines),
     )
 
 
-def _parse_account(name: str, doc: Any, ctx: _Context) -> Account:
-    r = _Reader(doc, f"accounts.{name}", ctx, ACCOUNT_KEYS)
+def _shared_state(top: _Reader) -> str | None:
+    """The libpq connection string, checked for its form only (libpq itself parses it when the store connects)."""
+    value = top.string("shared_state")
+    if value is None:
+        return None
+    if not (value.startswith(("postgresql://", "postgres://")) or "=" in value):
+        raise top.ctx.error("shared_state", "expected a libpq connection URI (postgresql://user@host/db) or key=value string")
+    return value
+
+
+def _parse_section(top: _Reader, section: str, ctx: _Context, *, shared: bool) -> dict[str, Account]:
+    """`accounts:` or `templates:` (a template also obeys _check_template)."""
+    raw = top.raw(section)
+    if raw is None:
+        return {}
+    reader = _Reader(raw, section, ctx)
+    parsed = {}
+    for name in reader.doc:
+        if not ACCOUNT_NAME.fullmatch(name):
+            raise ctx.error(
+                f"{section}.{name}", f"{section[:-1]} names start with a letter or digit and use only letters, digits, '_', '.' and '-'"
+            )
+        parsed[name] = _parse_account(name, reader.doc[name], ctx, section=section, shared=shared)
+    return parsed
+
+
+def _check_template(r: _Reader, account: Account) -> None:
+    """A template's users get their grants from `login TEMPLATE --user NAME` (or the application), and no files."""
+    if account.grant != Grant.REFRESH_TOKEN:
+        raise r.ctx.error(r.key("grant"), "a template's users log in: only the refresh_token grant")
+    for key in ("refresh_token", "on_refresh"):
+        if r.raw(key) is not None:
+            raise r.ctx.error(r.key(key), f"a template takes no {key}: each user's grant is a row in PostgreSQL")
+    if r.raw("outputs") not in (None, []):
+        raise r.ctx.error(r.key("outputs"), "a template's users get no files: applications read the freshtoken_tokens view")
+
+
+def _parse_account(name: str, doc: Any, ctx: _Context, *, section: str = "accounts", shared: bool = False) -> Account:
+    r = _Reader(doc, f"{section}.{name}", ctx, ACCOUNT_KEYS)
     provider = r.string("provider")
     preset = None
     if provider is not None:
@@ -375,7 +415,11 @@ def _parse_account(name: str, doc: Any, ctx: _Context) -> Account:
         device_authorization_url=device_url,
         device_login=device_login,
         revocation_url=revocation_url,
+        # `outputs: []` with a shared state: no files at all (without one, the token dir's files are all a reader has).
+        local_files=not (section == "templates" or (shared and r.raw("outputs") == [])),
     )
+    if section == "templates":
+        _check_template(r, account)
     return account
 
 

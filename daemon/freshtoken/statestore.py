@@ -15,26 +15,24 @@ is a rule of the domain, applied by the Refresher to tx.state, and saved with
 the next save of the transaction. A store never sees the config.
 
 store.Store (one file per account in the state dir) is the first
-implementation; pgstore.PgStore (several hosts, one row lock per account) is
-meant to be the second. What it still lacks to satisfy this protocol:
-PgTransaction.unusable (record a StateUnusable instead of only logging),
-reserve() (its before_send(), refusing while tx.attempt is set), save(state, *,
-rotated) returning None and raising SaveFailed on LockLost/DatabaseUnavailable
-(FencedOff needs its own policy), delete(); PgStore.delete, mtime (the row's
-updated_at), load raising StateUnusable, and daemon_lock/wake_daemon/
-open_wake_socket handed to a local Store(state_dir). The token request should
-also be bounded by tx.remaining().
+implementation; pgstore.PgStore (several hosts, one row lock per account,
+`shared_state:` in the config) the second. open_store() picks one, importing
+the PostgreSQL one (and psycopg) only when the config asks for it.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from freshtoken.errors import StateUnusable, StateWriteError
 from freshtoken.model import AccountState
+
+if TYPE_CHECKING:
+    from freshtoken.model import Config
 
 
 class SaveFailed(StateWriteError):
@@ -62,6 +60,13 @@ class StateTransaction(Protocol):
 
         Raises StateWriteError (nothing must be sent then): a full disk or a
         read-only state dir is found out while the old refresh token still works.
+        """
+
+    def before_send(self) -> float | None:
+        """Called right before a token request leaves: the seconds it may take at most (None: no bound of the store's).
+
+        Raises TemporaryError if the request must not be sent now (a shared store's lock has been lost,
+        or another host's request with this refresh token may still be answered).
         """
 
     def save(self, state: AccountState, *, rotated: bool = False) -> None:
@@ -110,3 +115,18 @@ class StateStore(Protocol):
 
     def open_wake_socket(self) -> socket.socket | None:
         """The daemon's end of wake_daemon(), opened while holding the daemon lock (None: heartbeats only)."""
+
+
+def open_store(config: Config, *, due: Callable[[str, AccountState], float | None] | None = None) -> StateStore:
+    """The config's store: PostgreSQL with `shared_state:` (MissingExtra, exit 78, without psycopg), else the state dir.
+
+    `due(account, state)` tells a shared store when some host should next refresh a state it saves
+    (templates' grants are claimed by it); the file store has no use for it.
+    """
+    if config.shared_state:
+        from freshtoken.pgstore import PgStore
+
+        return PgStore(config.shared_state, state_dir=config.state_dir, due=due)
+    from freshtoken.store import Store
+
+    return Store(config.state_dir)

@@ -282,6 +282,9 @@ class FileTransaction:
             except OSError as exc:
                 raise SaveFailed(str(self.path), _reason(exc)) from None
 
+    def before_send(self) -> None:
+        """No bound: the account's flock lasts as long as this process (see statestore.StateTransaction)."""
+
     def save(self, state: AccountState, *, rotated: bool = False) -> None:
         """Replace the state file (through the reservation, if any); SaveFailed if it could not be.
 

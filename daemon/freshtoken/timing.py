@@ -185,6 +185,26 @@ def plan_next(
     return Plan(now + backoff(n, rng=rng, cap=cap, retry_after=outcome.retry_after), n, "retry")
 
 
+GRANT_RETRY = 60.0  # a template user's grant whose refresh failed is claimed again this much later
+
+
+def grant_due_at(state: AccountState, margin_config: float | None) -> float | None:
+    """When some host should next refresh a state a shared store saves (None: never, until a new login).
+
+    The daemons claim a template user's grant by this time (pgstore.claim_due), so it carries the
+    whole plan: the refresh margin before expiry, a slow retry after an error, nothing for a grant
+    that needs a login. A host's own schedule (plan_next) still decides for the config's accounts.
+    """
+    if state.needs_login or state.refresh_token is None:
+        return None
+    if state.last_error_at is not None and (state.last_refresh is None or state.last_error_at >= state.last_refresh):
+        return state.last_error_at + GRANT_RETRY
+    if state.access is None:
+        return state.last_refresh or 0.0
+    expires_at = state.access.expires_at
+    return expires_at - refresh_margin(margin_config, state) if math.isfinite(expires_at) else None
+
+
 def bounded(at: float, *, now: float) -> float:
     """`at`, but at most MAX_PLAN ahead; `now` for a non-number (a plan from an absurd stored expiry: 1e300, inf, NaN)."""
     return min(at, now + MAX_PLAN) if math.isfinite(at) else now
