@@ -98,6 +98,19 @@ COMMAND_EXITS: dict[str, tuple[tuple[int, str], ...]] = {
         (2, "bad command line"),
     ),
     "demo": ((0, "stopped (--duration, or Ctrl-C)"), (2, "bad command line")),
+    "db": (
+        (0, "the schema is at this version's (and the reader role may read the tokens view)"),
+        (2, "bad command line"),
+        (75, "PostgreSQL cannot be reached"),
+        (78, _CONFIG + "; also no shared_state, no psycopg (pip install 'freshtoken[postgres]'), or a newer schema"),
+    ),
+    "migrate-state": (
+        (0, "every state copied (or there was nothing to copy)"),
+        (1, "the destination already held a refresh token for an account (left alone; --force replaces it)"),
+        (2, "bad command line"),
+        (75, "PostgreSQL cannot be reached, or the state dir cannot be written"),
+        (78, _CONFIG + "; also no shared_state, or the schema is missing (`freshtoken db init`)"),
+    ),
     "help": ((0, "printed"), (2, "an unknown topic")),
 }
 
@@ -119,6 +132,8 @@ def all_exit_codes() -> str:
         parts.append(exit_codes(command).replace("exit codes:", f"freshtoken {command}:", 1))
     return "\n\n".join(parts)
 
+
+USER_HELP = "the user whose grant of the template ACCOUNT (templates: in the config, with shared_state) this is"
 
 GET_LOOKS = """\
 where get looks: --token-dir DIR, else $FRESHTOKEN_TOKEN_DIR, else $RUNTIME_DIRECTORY, else the token_dir of
@@ -190,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         " and waits, polling at the server's interval, until approved, denied or expired. Ctrl-C gives up (exit 130).",
     )
     login.add_argument("account", metavar="ACCOUNT", help="the account to log in, as named under accounts: in the config")
+    login.add_argument("--user", metavar="NAME", help=USER_HELP)
     login.add_argument("--no-browser", action="store_true", help="print the URL instead of opening a browser")
     login.add_argument("--manual", action="store_true", help="paste the redirected URL instead of listening (headless hosts)")
     login.add_argument(
@@ -212,11 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
         " Exit 0 when done; 1 when the local logout is done but the revocation failed or a file could not be deleted.",
     )
     logout.add_argument("account", metavar="ACCOUNT", help="the account to log out, as named under accounts: in the config")
+    logout.add_argument("--user", metavar="NAME", help=USER_HELP)
     logout.add_argument("--no-revoke", action="store_true", help="only delete here; the refresh token stays valid at the provider")
 
     refresh = sub.add_parser("refresh", help="refresh now, then exit")
     refresh.add_argument("accounts", nargs="*", metavar="ACCOUNT", help="accounts to refresh (default: all of them)")
     refresh.add_argument("--if-needed", action="store_true", help="only accounts whose token is inside the refresh margin")
+    refresh.add_argument("--user", metavar="NAME", help=USER_HELP + " (give the template as the one ACCOUNT)")
 
     get = sub.add_parser("get", help="print the current token (reads only the token dir)", epilog=GET_LOOKS)
     get.add_argument("account", metavar="ACCOUNT", help="the account whose access token to print")
@@ -231,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-valid", type=_duration, default=0, metavar="DURATION", help="fail unless the token is valid for at least this long"
     )
     get.add_argument("--token-dir", metavar="DIR", help="read the token from DIR, overriding every default (see below)")
+    get.add_argument("--user", metavar="NAME", help=USER_HELP + ", read from PostgreSQL (needs the config)")
 
     status = sub.add_parser(
         "status",
@@ -290,6 +309,29 @@ def build_parser() -> argparse.ArgumentParser:
         " `freshtoken COMMAND --help`; `freshtoken help` alone is `freshtoken --help`.",
     )
     help_command.add_argument("topic", nargs="?", metavar="TOPIC", help="exit-codes, or a command's name")
+
+    db = sub.add_parser(
+        "db",
+        help="shared state: create or upgrade freshtoken's schema in PostgreSQL",
+        description="`db init` creates freshtoken's tables, the freshtoken_tokens view and the freshtoken_put_grant() function in"
+        " the shared_state database, or upgrades them; run it once, as a role that may create tables, before the daemons start"
+        " (they refuse an older schema, exit 78). Idempotent. --reader-role ROLE lets ROLE (created NOLOGIN if missing) read"
+        " the view of access tokens and nothing else: never a refresh token or a client secret.",
+    )
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_init = db_sub.add_parser("init", help="create or upgrade the schema")
+    db_init.add_argument("--reader-role", metavar="ROLE", help="let ROLE read the freshtoken_tokens view only (e.g. freshtoken_reader)")
+
+    migrate = sub.add_parser(
+        "migrate-state",
+        help="copy the accounts' states from the state dir into PostgreSQL, or back (--to-files)",
+        description="Copy each account's state (its refresh token above all) from the state dir into the shared_state database,"
+        " or back with --to-files, under both locks. A destination that already holds a refresh token is left alone unless"
+        " --force. The source is kept as it was; stop the daemons first, and start them on the destination afterwards.",
+    )
+    migrate.add_argument("accounts", nargs="*", metavar="ACCOUNT", help="accounts to copy (default: all of them)")
+    migrate.add_argument("--to-files", action="store_true", help="from PostgreSQL into the state dir instead")
+    migrate.add_argument("--force", action="store_true", help="replace a refresh token the destination already holds")
 
     demo = sub.add_parser("demo", help="the daemon against a built-in loopback authorization server")
     demo.add_argument("--duration", type=_duration, default=None, metavar="D", help="stop after this long (default: until Ctrl-C)")
@@ -360,6 +402,7 @@ class _GetArgs:
 
     def __init__(self, account: str, format: str, min_valid: int, token_dir: str | None, config: str | None) -> None:
         self.account, self.format, self.min_valid, self.token_dir, self.config = account, format, min_valid, token_dir, config
+        self.user = None  # `get TEMPLATE --user NAME` reads the database: argparse's path
 
 
 GET_OPTIONS = {"-c": "--config", "--config": "--config", "--format": "--format", "--min-valid": "--min-valid", "--token-dir": "--token-dir"}
@@ -427,6 +470,17 @@ def _silence_stdout() -> None:
 def cmd_get(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
     from freshtoken.getcmd import get, token_dir_from_config
 
+    if args.user:
+        import time
+
+        from freshtoken.sharedcmd import get_from_db, resolve_account
+
+        config = _load_config(args, environ, secrets=False)
+        account = resolve_account(config, args.account, args.user)
+        out.write(get_from_db(config, account, args.format, args.min_valid, time.time()).decode())
+        out.flush()
+        return 0
+
     config_token_dir = None
     if args.config and not args.token_dir:
         # The line scanner answers for a plain config at a fraction of yaml's import cost; the full parse, when unsure.
@@ -453,17 +507,28 @@ def cmd_refresh(args: argparse.Namespace, environ: Mapping[str, str], out: IO[st
     refresher = _make_refresher(config)
     policy = RefreshPolicy.IF_NEEDED if args.if_needed else RefreshPolicy.ALWAYS
     worst = 0
-    for account in _select_accounts(config, args.accounts):
-        try:
-            result = refresher.refresh(account, policy)
-        except FreshtokenError as exc:
-            print(f"{account.name}: failed: {exc}", file=err)
-            worst = _worse(worst, exc.exit_code)
-            continue
-        access = result.state.access
-        left = humanize(access.expires_at - refresher.clock()) if access else "?"
-        verb = "refreshed" if result.refreshed else "still valid, not refreshed"
-        print(f"{account.name}: {verb}; expires in {left}", file=out)
+    if args.user:
+        from freshtoken.sharedcmd import resolve_account
+
+        if len(args.accounts) != 1:
+            raise UsageError("--user NAME needs exactly one ACCOUNT: the template")
+        accounts = [resolve_account(config, args.accounts[0], args.user)]
+    else:
+        accounts = _select_accounts(config, args.accounts)
+    try:
+        for account in accounts:
+            try:
+                result = refresher.refresh(account, policy)
+            except FreshtokenError as exc:
+                print(f"{account.name}: failed: {exc}", file=err)
+                worst = _worse(worst, exc.exit_code)
+                continue
+            access = result.state.access
+            left = humanize(access.expires_at - refresher.clock()) if access else "?"
+            verb = "refreshed" if result.refreshed else "still valid, not refreshed"
+            print(f"{account.name}: {verb}; expires in {left}", file=out)
+    finally:
+        refresher.store.close()
     return worst
 
 
@@ -476,7 +541,14 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str
     for warning in config.warnings:
         if "token_dir" in config.unresolved and ": token_dir: " in warning:
             print(f"warning: {warning}", file=err)
-    rows = describe(config)
+    if config.shared_state:
+        import time
+
+        from freshtoken import sharedcmd
+
+        rows = sharedcmd.describe(config, time.time())
+    else:
+        rows = describe(config)
     daemon = daemon_status(config.state_dir)
     if args.json:
         # Still a list of accounts (scripts index it); each row carries the same daemon object.
@@ -484,6 +556,17 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str
     else:
         print(render_header(config, daemon), file=out)
         print(render_table(rows), file=out)
+        if config.templates:
+            import time
+
+            from freshtoken.sharedcmd import template_rows
+
+            for t in template_rows(config, time.time()):
+                print(
+                    f"template {t['template']}: {t['users']} users' grants, {t['valid']} with a valid token,"
+                    f" {t['needs_login']} waiting for a login",
+                    file=out,
+                )
     # A row that could not be described is a failure a script should see; expired or needs-login rows are answers,
     # and so are rows a reader of the system install could only describe from the token file.
     return 1 if any(row["state"] == "error" for row in rows) else 0
@@ -522,7 +605,7 @@ def cmd_login(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str]
 
     config = _load_config(args, environ)
     _setup_logging(args, args.verbose, environ, err, accounts=lambda: config.accounts)
-    account = _select_accounts(config, [args.account])[0]
+    account = _one_account(config, args)
     device = account.device_login if args.device is None else args.device
     if device:
         from freshtoken.login import device_login
@@ -538,8 +621,24 @@ def cmd_logout(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str
 
     config = _load_config(args, environ)
     _setup_logging(args, args.verbose, environ, err, accounts=lambda: config.accounts)
-    account = _select_accounts(config, [args.account])[0]
+    account = _one_account(config, args)
     return logout(config, account, out=out, err=err, revoke=not args.no_revoke)
+
+
+def cmd_db(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
+    from freshtoken.sharedcmd import db_init
+
+    config = _load_config(args, environ, secrets=False)
+    _setup_logging(args, args.verbose, environ, err)
+    return db_init(config, args.reader_role, out)
+
+
+def cmd_migrate_state(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
+    from freshtoken.sharedcmd import migrate_state
+
+    config = _load_config(args, environ, secrets=False)
+    _setup_logging(args, args.verbose, environ, err)
+    return migrate_state(config, args.accounts, to_files=args.to_files, force=args.force, out=out, err=err)
 
 
 def cmd_demo(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], err: IO[str]) -> int:
@@ -716,6 +815,8 @@ COMMANDS: dict[str, Any] = {
     "add": cmd_add,
     "install-systemd": cmd_install_systemd,
     "help": cmd_help,
+    "db": cmd_db,
+    "migrate-state": cmd_migrate_state,
 }
 
 
@@ -738,13 +839,22 @@ def _select_accounts(config: Any, names: Sequence[str]) -> list[Any]:
     return [config.accounts[n] for n in dict.fromkeys(names)]
 
 
+def _one_account(config: Any, args: argparse.Namespace) -> Any:
+    """ACCOUNT, or TEMPLATE --user NAME (a user's grant in the shared state)."""
+    if args.user or config.templates:
+        from freshtoken.sharedcmd import resolve_account
+
+        return resolve_account(config, args.account, args.user)
+    return _select_accounts(config, [args.account])[0]
+
+
 def _make_refresher(config: Any) -> Any:
     from freshtoken.oauth import TokenClient
     from freshtoken.refresh import Refresher
-    from freshtoken.store import Store
+    from freshtoken.statestore import open_store
 
     client = TokenClient(timeouts=config.timeouts)
-    return Refresher(config, Store(config.state_dir), client)
+    return Refresher(config, open_store(config), client)
 
 
 def _worse(a: int, b: int) -> int:

@@ -45,17 +45,19 @@ from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from freshtoken import systemd
+from freshtoken.claims import Claimer
 from freshtoken.durations import humanize
 from freshtoken.errors import ConfigError, FreshtokenError, RefreshFailed, TemporaryError
 from freshtoken.fsutil import clean_stale_temps
 from freshtoken.hooks import run_hook
-from freshtoken.model import Account, AccountState, Config
+from freshtoken.model import USER_SEPARATOR, Account, AccountState, Config
 from freshtoken.oauth import TokenClient, make_session
 from freshtoken.pacing import PacedTokenClient
 from freshtoken.refresh import Refresher, RefreshPolicy
+from freshtoken.statestore import open_store
 from freshtoken.status import HEARTBEAT_FILE
-from freshtoken.store import WAKE_SOCKET, Store
-from freshtoken.timing import PERMANENT_BASE, REFRESH_TOKEN_WARN_EVERY, Plan, bounded, expiring_soon, plan_next
+from freshtoken.store import WAKE_SOCKET
+from freshtoken.timing import PERMANENT_BASE, REFRESH_TOKEN_WARN_EVERY, Plan, bounded, expiring_soon, grant_due, plan_next
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +152,7 @@ class Daemon:
         self.monotonic = monotonic
         self.rng = rng or random.Random()
         self.environ = environ
-        self.store = Store(config.state_dir)
+        self.store = open_store(config, due=self._due)
         self.client = client or PacedTokenClient(make_session(pool_size=config.workers), config.timeouts, clock)
         self.refresher = Refresher(config, self.store, self.client, clock=clock, hook_runner=self._run_hook_detached)
         self.heartbeat = min(heartbeat, systemd.watchdog_interval(environ) or heartbeat)
@@ -174,6 +176,7 @@ class Daemon:
         self._clocks = (clock(), monotonic())  # wall and monotonic at the last beat: their drift is a clock jump
         self._wake: socket.socket | None = None
         self._wake_thread: threading.Thread | None = None
+        self.claimer: Claimer | None = None
 
     # ------------------------------------------------------------ what other threads may call
 
@@ -206,6 +209,10 @@ class Daemon:
         """Re-read each state file that changed on disk (what a `login` wakes us for)."""
         self._events.put(("rescan", ""))
 
+    def request_changed(self, account: str | None, version: int = 0) -> None:
+        """Another host saved `account` (version `version`; None: notifications may have been missed, re-read all)."""
+        self._events.put(("changed", "" if account is None else f"{version}:{account}"))
+
     def request_refresh_all(self) -> None:
         """Refresh every account now, a parked one included, even if its token looks valid (SIGUSR1)."""
         self._events.put(("refresh-all", ""))
@@ -222,6 +229,7 @@ class Daemon:
             self.scheduler.start()
             try:
                 self._open_wake_socket()
+                self._start_shared_state()
                 self._start_metrics()
                 self.startup()
                 self.touch_heartbeat()
@@ -294,6 +302,8 @@ class Daemon:
                 self._reload()
             elif word == "rescan":
                 self._rescan()
+            elif word == "changed":
+                self._changed(reason)
             elif word == "refresh-all":
                 self._refresh_all()
         except Exception as exc:  # the last line of defence: whatever slipped through, the loop goes on
@@ -526,7 +536,7 @@ class Daemon:
     def touch_heartbeat(self) -> None:
         """Set the mtime of <state_dir>/daemon.heartbeat (0600, empty) to now: `status` shows it as the last heartbeat."""
         try:
-            fd = os.open(self.store.dir / HEARTBEAT_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            fd = os.open(self.config.state_dir / HEARTBEAT_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             try:
                 os.utime(fd)
             finally:
@@ -545,25 +555,43 @@ class Daemon:
             if parked_only and not track.view.needs_login:
                 continue
             try:
-                mtime = self.store.mtime(name)
-                if mtime == track.state_mtime:
-                    continue
-                track.state_mtime = mtime
-                try:
-                    state = self.store.load(name)
-                except FreshtokenError as exc:  # the heartbeat must go on whatever the disk says
-                    log.warning("%s: %s", name, exc)
-                    continue
-                if state.needs_login:
-                    continue  # a parked account stays parked; a running one finds out on its next run
-                if track.view.needs_login:
-                    log.info("%s: new login found; resuming", name)
-                else:  # a login over a working account: its new tokens replace the old ones now, not at the next refresh
-                    log.info("%s: new login picked up", name)
-                self._publish(track, needs_login=False, attempts=0)
-                self._schedule(track, now)
+                self._reread(track, self.store.mtime(name), now, by_host=False)
             except Exception as exc:
                 log.error("%s: %s", name, internal_error(name, "re-reading the state", exc))
+
+    def _reread(self, track: _Track, mtime: float | None, now: float, *, by_host: bool) -> None:
+        """If the stored state's stamp is not the one the loop knows, pick the new state up: see _rescan."""
+        name = track.view.name
+        if mtime == track.state_mtime:
+            return
+        track.state_mtime = mtime
+        try:
+            state = self.store.load(name)
+        except FreshtokenError as exc:  # the heartbeat must go on whatever the disk says
+            log.warning("%s: %s", name, exc)
+            return
+        if state.needs_login:
+            return  # a parked account stays parked; a running one finds out on its next run
+        if track.view.needs_login:
+            log.info("%s: new login found; resuming", name)
+        elif by_host:
+            log.debug("%s: saved by another host; writing its token out", name)
+        else:  # a login over a working account: its new tokens replace the old ones now, not at the next refresh
+            log.info("%s: new login picked up", name)
+        self._publish(track, needs_login=False, attempts=0)
+        self._schedule(track, now)
+
+    def _changed(self, what: str) -> None:
+        """A NOTIFY from the shared state: another host saved an account; write its new token into our files at once."""
+        if not what:
+            self._rescan()  # (re)connected: what was said meanwhile is lost
+            return
+        version, _, name = what.partition(":")
+        track = self._tracks.get(name)
+        if track is not None:
+            self._reread(track, float(version), self.clock(), by_host=True)
+        elif USER_SEPARATOR in name and self.claimer is not None:
+            self.claimer.poke()  # a user's new grant: it is due at once
 
     def _warn_refresh_token(self, track: _Track, now: float) -> None:
         view = track.view
@@ -711,7 +739,32 @@ class Daemon:
             self._wake_thread.join(timeout=STOP_GRACE)
         sock.close()
         with contextlib.suppress(OSError):
-            os.unlink(self.store.dir / WAKE_SOCKET)  # we still hold the daemon lock: it is ours
+            os.unlink(self.config.state_dir / WAKE_SOCKET)  # we still hold the daemon lock: it is ours
+
+    def _start_shared_state(self) -> None:
+        """With shared_state: hear the other hosts' saves (NOTIFY), and claim the templates' users' grants that fall due."""
+        watch = getattr(self.store, "watch", None)
+        if watch is None:
+            return
+        try:
+            self.store.check_schema()  # type: ignore[attr-defined]  # SchemaMismatch: exit 78, `freshtoken db init`
+        except TemporaryError as exc:  # down: the files keep serving the last good tokens; every run retries
+            log.warning("%s; serving the tokens in the files until it is back", exc)
+        watch(self.request_changed, self._stopping)
+        if self.config.templates:
+            self.claimer = Claimer(
+                self.store,  # type: ignore[arg-type]  # a store with watch() is a PgStore, which claims
+                self.refresher,
+                lambda: self.config.templates,
+                workers=self.config.workers,
+                clock=self.clock,
+                stopping=self._stopping,
+            )
+            self.claimer.start()
+
+    def _due(self, name: str, state: AccountState) -> float | None:
+        """When some host should next refresh `name` (what a shared store keeps in the row, for claims), by the config of now."""
+        return grant_due(self.config, name, state)
 
     def _start_metrics(self) -> None:
         if not self.config.metrics_listen:
@@ -743,6 +796,8 @@ class Daemon:
             log.warning("%s: abandoning the in-flight refresh", name)
         with contextlib.suppress(SchedulerNotRunningError):
             self.scheduler.shutdown(wait=False)
+        if self.claimer is not None:
+            self.claimer.stop()
         # A rotated refresh token held in memory because its save failed dies with the process: try once more.
         for name in self.refresher.flush_unsaved():
             log.error("%s: stopping with a rotated refresh token that could not be saved; `freshtoken login %s` will be needed", name, name)
@@ -750,6 +805,7 @@ class Daemon:
             with contextlib.suppress(Exception):
                 self.metrics.shutdown()
         self._close_wake_socket()
+        self.store.close()
 
 
 def _counted(runs: Mapping[str, int], outcome: str) -> dict[str, int]:

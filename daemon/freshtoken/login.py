@@ -51,7 +51,7 @@ from freshtoken.model import Account, AccountState, ClientAuth, Config, Grant, T
 from freshtoken.oauth import DeviceCode, TokenClient, authorize_url, clean_server_text, make_pkce
 from freshtoken.providers import PRESETS
 from freshtoken.refresh import Refresher, apply_seed
-from freshtoken.store import Store
+from freshtoken.statestore import open_store
 from freshtoken.units import shown_command
 
 log = logging.getLogger(__name__)
@@ -256,12 +256,14 @@ def _adopt(
     config: Config, account: Account, client: TokenClient, clock: Callable[[], float], response: TokenResponse
 ) -> tuple[AccountState, bool]:
     """Store a login's grant as the account's new state; the state, and whether a running daemon was told."""
-    store = Store(config.state_dir)
+    store = open_store(config)
     try:
         result = Refresher(config, store, client, clock=clock).adopt(account, response)
     except outputs.OutputError as exc:
         store.wake_daemon()  # the grant is stored: a running daemon takes it over (and retries the outputs)
         raise _prefixed(exc, "logged in and stored the refresh token, but ") from None
+    finally:
+        store.close()
     # A running daemon re-reads the account now instead of at its next heartbeat.
     told = store.wake_daemon()
     log.info("login account=%s scope=%s", account.name, clean_server_text(response.access.scope or "-", SCOPE_LIMIT))
@@ -399,7 +401,7 @@ def logout(
     could not be deleted (the messages say which). Raises a FreshtokenError for what stops it.
     """
     name = account.name
-    store = Store(config.state_dir)
+    store = open_store(config)
     notes: list[str] = []
     problems: list[str] = []
     own_client = client is None
@@ -444,6 +446,7 @@ def logout(
             removed, failed = outputs.remove_all(config.token_dir, account)
             problems += [f"could not delete {failure}" for failure in failed]
     finally:
+        store.close()
         if own_client:
             client.session.close()
     told = store.wake_daemon()

@@ -306,6 +306,30 @@ def user_account(template: Account, user: str) -> Account:
     )
 
 
+def apply_seed(account: Account, state: AccountState, now: float) -> AccountState:
+    """A refresh_token in the config that differs from the one the state was seeded from wins."""
+    seed = account.refresh_token
+    if account.grant != Grant.REFRESH_TOKEN or seed is None or state.seed == seed.fingerprint():
+        return state
+    if state.refresh_token == seed:
+        return replace(state, seed=seed.fingerprint())
+    return replace(
+        state,
+        refresh_token=seed,
+        seed=seed.fingerprint(),
+        # Counted from when freshtoken first saw it: the real login may be older.
+        refresh_token_obtained_at=now,
+        refresh_token_expires_at=lifetime_end(account, now),
+        needs_login=False,
+        last_error=None,
+        last_error_at=None,
+    )
+
+
+def lifetime_end(account: Account, now: float) -> float | None:
+    return now + account.refresh_token_lifetime if account.refresh_token_lifetime else None
+
+
 _PARENT_KEY = re.compile(r"(\.[^.\[]*|\[\d+\])$")  # accounts.a.outputs[0] -> accounts.a.outputs -> accounts.a
 
 

@@ -889,6 +889,8 @@ class PgTransaction:
 
     def delete(self) -> bool:
         """Delete the row (`logout`): the other hosts hear of it and find no grant; False if it held nothing."""
+        if self._phase == "deleted":
+            return False
         if self._phase != "locked":
             raise SaveFailed(self.where, "the lock is no longer held")
         had = self.state != AccountState() or self.unusable is not None
@@ -899,7 +901,7 @@ class PgTransaction:
             self._conn.commit()
         except psycopg.Error as exc:
             raise SaveFailed(self.where, _first_line(exc, self._store._password)) from None
-        self._phase = "saved"
+        self._phase = "deleted"
         self.state, self.unusable = AccountState(), None
         return had
 

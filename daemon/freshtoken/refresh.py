@@ -30,7 +30,8 @@ from freshtoken.errors import (
 )
 from freshtoken.formats import check_token
 from freshtoken.hooks import run_hook
-from freshtoken.model import AccessToken, Account, AccountState, Config, Grant, Secret, TokenResponse
+from freshtoken.model import AccessToken, Account, AccountState, Config, Grant, Secret, TokenResponse, lifetime_end
+from freshtoken.model import apply_seed as apply_seed  # a rule of the domain, here since before model held it
 from freshtoken.oauth import TokenClient
 from freshtoken.statestore import SaveFailed, StateStore, StateTransaction
 from freshtoken.timing import refresh_margin, skip_threshold
@@ -258,7 +259,7 @@ class Refresher:
             state = AccountState(
                 refresh_token=response.refresh_token,
                 refresh_token_obtained_at=now,
-                refresh_token_expires_at=response.refresh_token_expires_at or _lifetime_end(account, now),
+                refresh_token_expires_at=response.refresh_token_expires_at or lifetime_end(account, now),
                 # The config's seed (if any) is now older than this login: remember it, so it does not win.
                 seed=account.refresh_token.fingerprint() if account.refresh_token else tx.state.seed,
                 access=response.access,
@@ -308,26 +309,6 @@ class Refresher:
 # ---------------------------------------------------------------- pure state transitions
 
 
-def apply_seed(account: Account, state: AccountState, now: float) -> AccountState:
-    """A refresh_token in the config that differs from the one the state was seeded from wins."""
-    seed = account.refresh_token
-    if account.grant != Grant.REFRESH_TOKEN or seed is None or state.seed == seed.fingerprint():
-        return state
-    if state.refresh_token == seed:
-        return replace(state, seed=seed.fingerprint())
-    return replace(
-        state,
-        refresh_token=seed,
-        seed=seed.fingerprint(),
-        # Counted from when freshtoken first saw it: the real login may be older.
-        refresh_token_obtained_at=now,
-        refresh_token_expires_at=_lifetime_end(account, now),
-        needs_login=False,
-        last_error=None,
-        last_error_at=None,
-    )
-
-
 def merge(state: AccountState, response: TokenResponse, now: float) -> AccountState:
     """The state after a successful grant: a rotated refresh token replaces the old one."""
     refresh_token = response.refresh_token or state.refresh_token
@@ -348,7 +329,3 @@ def _secret(value: object) -> Secret | None:
     if isinstance(value, Secret):
         return value or None
     return Secret(value) if isinstance(value, str) and value else None
-
-
-def _lifetime_end(account: Account, now: float) -> float | None:
-    return now + account.refresh_token_lifetime if account.refresh_token_lifetime else None

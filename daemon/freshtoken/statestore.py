@@ -116,17 +116,22 @@ class StateStore(Protocol):
     def open_wake_socket(self) -> socket.socket | None:
         """The daemon's end of wake_daemon(), opened while holding the daemon lock (None: heartbeats only)."""
 
+    def close(self) -> None:
+        """Let go of what the store holds open (a shared store's connections); it may be used again after."""
+
 
 def open_store(config: Config, *, due: Callable[[str, AccountState], float | None] | None = None) -> StateStore:
     """The config's store: PostgreSQL with `shared_state:` (MissingExtra, exit 78, without psycopg), else the state dir.
 
     `due(account, state)` tells a shared store when some host should next refresh a state it saves
-    (templates' grants are claimed by it); the file store has no use for it.
+    (templates' grants are claimed by it; default timing.grant_due for this config); the file store
+    has no use for it.
     """
     if config.shared_state:
         from freshtoken.pgstore import PgStore
+        from freshtoken.timing import grant_due
 
-        return PgStore(config.shared_state, state_dir=config.state_dir, due=due)
+        return PgStore(config.shared_state, state_dir=config.state_dir, due=due or (lambda name, state: grant_due(config, name, state)))
     from freshtoken.store import Store
 
     return Store(config.state_dir)

@@ -10,9 +10,8 @@ from typing import Any
 from freshtoken.durations import format_duration, humanize
 from freshtoken.errors import FreshtokenError, StateUnusable
 from freshtoken.fsutil import ensure_dir, probe_writable, resolve_group
-from freshtoken.model import Account, AccountState, Config, Grant
+from freshtoken.model import Account, AccountState, Config, Grant, apply_seed
 from freshtoken.outputs import all_outputs
-from freshtoken.refresh import apply_seed
 from freshtoken.store import STATE_DIR_MODE, read_state_file
 from freshtoken.timing import REFRESH_TOKEN_WARNING, expiring_soon, refresh_margin, token_state
 
@@ -279,7 +278,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
                 row["account"],
                 row["state"],
                 humanize(row["expires_in"]) if row["expires_in"] is not None else "-",
-                _when(row["last_refresh"]),
+                _when(row["last_refresh"]) + (f" by {row['last_refresh_host']}" if row.get("last_refresh_host") else ""),
                 rt_text,
                 _shorten(_printable(row["last_error"] or "-"), 80),
             )

@@ -226,6 +226,9 @@ class Store:
             return None
         return sock
 
+    def close(self) -> None:
+        """Nothing stays open between transactions here (statestore.StateStore.close)."""
+
     def daemon_lock(self, token_dir: Path | None = None) -> DaemonLock:
         """The lock a daemon holds for its whole life: on the state dir, and on `token_dir` too if given.
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from freshtoken.errors import FreshtokenError
-    from freshtoken.model import AccountState
+    from freshtoken.model import AccountState, Config
 
 DEFAULT_LIFETIME = 3600.0  # assumed when a state does not tell how long its token lives
 MIN_MARGIN = 30.0
@@ -203,6 +203,12 @@ def grant_due_at(state: AccountState, margin_config: float | None) -> float | No
         return state.last_refresh or 0.0
     expires_at = state.access.expires_at
     return expires_at - refresh_margin(margin_config, state) if math.isfinite(expires_at) else None
+
+
+def grant_due(config: Config, name: str, state: AccountState) -> float | None:
+    """grant_due_at for the account (or template user TEMPLATE/USER) `name` of `config`: what a shared store saves."""
+    account = config.accounts.get(name) or config.templates.get(name.partition("/")[0])  # model.USER_SEPARATOR
+    return grant_due_at(state, config.margin_for(account) if account else config.refresh_margin)
 
 
 def bounded(at: float, *, now: float) -> float:

@@ -6,18 +6,22 @@
 #    source ~/.local/share/bash_completion/freshtoken
 # See also: https://github.com/scop/bash-completion/blob/main/doc/configuration.md
 
-_shtab_freshtoken_subparsers=(run login logout refresh get status check-config add install-systemd help demo)
+_shtab_freshtoken_db_subparsers=(init)
+_shtab_freshtoken_subparsers=(run login logout refresh get status check-config add install-systemd help db migrate-state demo)
 
 _shtab_freshtoken_run_option_strings=(-h --help -c --config -v --verbose --log-format)
-_shtab_freshtoken_login_option_strings=(-h --help -c --config -v --verbose --log-format --no-browser --manual --device --no-device --timeout)
-_shtab_freshtoken_logout_option_strings=(-h --help -c --config -v --verbose --log-format --no-revoke)
-_shtab_freshtoken_refresh_option_strings=(-h --help -c --config -v --verbose --log-format --if-needed)
-_shtab_freshtoken_get_option_strings=(-h --help -c --config -v --verbose --log-format --format --min-valid --token-dir)
+_shtab_freshtoken_login_option_strings=(-h --help -c --config -v --verbose --log-format --user --no-browser --manual --device --no-device --timeout)
+_shtab_freshtoken_logout_option_strings=(-h --help -c --config -v --verbose --log-format --user --no-revoke)
+_shtab_freshtoken_refresh_option_strings=(-h --help -c --config -v --verbose --log-format --if-needed --user)
+_shtab_freshtoken_get_option_strings=(-h --help -c --config -v --verbose --log-format --format --min-valid --token-dir --user)
 _shtab_freshtoken_status_option_strings=(-h --help -c --config -v --verbose --log-format --json)
 _shtab_freshtoken_check_config_option_strings=(-h --help -c --config -v --verbose --log-format)
 _shtab_freshtoken_add_option_strings=(-h --help -c --config -v --verbose --log-format --provider --client-id --client-secret-env --client-secret-file --client-auth --scope --redirect-uri --token-url --authorize-url --set)
 _shtab_freshtoken_install_systemd_option_strings=(-h --help -c --config -v --verbose --log-format --user --root --force)
 _shtab_freshtoken_help_option_strings=(-h --help -c --config -v --verbose --log-format)
+_shtab_freshtoken_db_init_option_strings=(-h --help --reader-role)
+_shtab_freshtoken_db_option_strings=(-h --help -c --config -v --verbose --log-format)
+_shtab_freshtoken_migrate_state_option_strings=(-h --help -c --config -v --verbose --log-format --to-files --force)
 _shtab_freshtoken_demo_option_strings=(-h --help -c --config -v --verbose --log-format --duration --lifetime)
 _shtab_freshtoken_option_strings=(-h --help -c --config -v --verbose --log-format --version)
 
@@ -35,8 +39,11 @@ _shtab_freshtoken_add___log_format_choices=(plain json)
 _shtab_freshtoken_add___client_auth_choices=(basic post none)
 _shtab_freshtoken_install_systemd___log_format_choices=(plain json)
 _shtab_freshtoken_help___log_format_choices=(plain json)
+_shtab_freshtoken_db_pos_0_choices=(init)
+_shtab_freshtoken_db___log_format_choices=(plain json)
+_shtab_freshtoken_migrate_state___log_format_choices=(plain json)
 _shtab_freshtoken_demo___log_format_choices=(plain json)
-_shtab_freshtoken_pos_0_choices=(run login logout refresh get status check-config add install-systemd help demo)
+_shtab_freshtoken_pos_0_choices=(run login logout refresh get status check-config add install-systemd help db migrate-state demo)
 _shtab_freshtoken___log_format_choices=(plain json)
 
 _shtab_freshtoken_run__h_nargs=0
@@ -89,6 +96,20 @@ _shtab_freshtoken_help__h_nargs=0
 _shtab_freshtoken_help___help_nargs=0
 _shtab_freshtoken_help__v_nargs=0
 _shtab_freshtoken_help___verbose_nargs=0
+_shtab_freshtoken_db_init__h_nargs=0
+_shtab_freshtoken_db_init___help_nargs=0
+_shtab_freshtoken_db_pos_0_nargs=A...
+_shtab_freshtoken_db__h_nargs=0
+_shtab_freshtoken_db___help_nargs=0
+_shtab_freshtoken_db__v_nargs=0
+_shtab_freshtoken_db___verbose_nargs=0
+_shtab_freshtoken_migrate_state_pos_0_nargs='*'
+_shtab_freshtoken_migrate_state__h_nargs=0
+_shtab_freshtoken_migrate_state___help_nargs=0
+_shtab_freshtoken_migrate_state__v_nargs=0
+_shtab_freshtoken_migrate_state___verbose_nargs=0
+_shtab_freshtoken_migrate_state___to_files_nargs=0
+_shtab_freshtoken_migrate_state___force_nargs=0
 _shtab_freshtoken_demo__h_nargs=0
 _shtab_freshtoken_demo___help_nargs=0
 _shtab_freshtoken_demo__v_nargs=0
