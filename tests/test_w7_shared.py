@@ -356,3 +356,15 @@ def test_a_template_user_is_refreshed_and_read_through_the_cli(tmp_path: Path, p
     assert code == 0 and server.is_valid_access_token(out.strip())
     assert run_cli("-c", str(path), "get", "app")[0] == 1  # get alone reads only files; a template user has none
     assert "template app: 1 users' grants, 1 with a valid token, 0 waiting for a login" in run_cli("-c", str(path), "status")[1]
+
+
+def test_the_request_budget_follows_the_idle_timeout_set_in_the_dsn(pg_dsn: str) -> None:
+    """`-c idle_in_transaction_session_timeout=4s` in the DSN's options is the session's, and the request budget follows it."""
+    from freshtoken.pgstore import timeouts_from_options
+
+    assert timeouts_from_options("").idle_in_transaction == 60.0
+    timeouts = timeouts_from_options("-c search_path=public -c idle_in_transaction_session_timeout=4s -c lock_timeout=1500")
+    assert (timeouts.idle_in_transaction, timeouts.lock, timeouts.request_budget) == (4.0, 1.5, 3.0)
+    with PgStore(f"{pg_dsn} options='-c idle_in_transaction_session_timeout=4s'") as store, store.connect() as conn:
+        assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("4s",)
+        assert store.timeouts.request_budget == 3.0

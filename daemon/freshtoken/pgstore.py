@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import secrets
 import socket
 import threading
@@ -223,6 +224,30 @@ class PgTimeouts:
         return " ".join(f"-c {name}={max(1, round(value * 1000))}" for name, value in ms.items())
 
 
+_SETTING = re.compile(r"-c\s*(lock_timeout|idle_in_transaction_session_timeout|statement_timeout)=(\d+(?:\.\d+)?)(ms|s|min)?")
+_FIELD = {"lock_timeout": "lock", "idle_in_transaction_session_timeout": "idle_in_transaction", "statement_timeout": "statement"}
+
+
+def timeouts_from_options(options: str) -> PgTimeouts:
+    """PgTimeouts with what the DSN's `options` set (`-c idle_in_transaction_session_timeout=5s` ...), the defaults elsewhere.
+
+    The user's settings are the knob, and freshtoken's request budget follows them: its own -c
+    options, appended after the user's, then repeat the same values. Units as PostgreSQL reads them
+    (a bare number is milliseconds).
+    """
+    found: dict[str, float] = {}
+    for name, number, unit in _SETTING.findall(options):
+        found[_FIELD[name]] = float(number) * {"": 0.001, "ms": 0.001, "s": 1.0, "min": 60.0}[unit]
+    defaults = PgTimeouts()
+    idle = found.get("idle_in_transaction", defaults.idle_in_transaction)
+    lock = found.get("lock", min(defaults.lock, idle * 0.75))
+    statement = found.get("statement", max(lock, min(defaults.statement, idle * 0.85)))
+    try:
+        return PgTimeouts(lock=lock, idle_in_transaction=idle, statement=statement, margin=min(defaults.margin, idle / 4))
+    except ValueError as exc:
+        raise FreshtokenError(f"shared_state options: {exc}") from None
+
+
 def _boottime() -> float:
     """A clock that keeps counting through SIGSTOP and through a suspended VM or laptop (CLOCK_MONOTONIC stops in suspend)."""
     return time.clock_gettime(time.CLOCK_BOOTTIME)
@@ -306,7 +331,7 @@ class PgStore:
         says when some host should next refresh a state being saved (default: when its access token expires)."""
         params = parse_dsn(dsn.reveal() if isinstance(dsn, Secret) else dsn)
         self._password = params.get("password")  # only to scrub it from messages, should libpq ever echo it
-        self.timeouts = timeouts or PgTimeouts()
+        self.timeouts = timeouts or timeouts_from_options(params.get("options", ""))
         params.setdefault("connect_timeout", str(max(2, round(self.timeouts.connect))))  # libpq's minimum is 2
         params.setdefault("application_name", "freshtoken")
         # Appended to the user's own options, if any: per-session settings, no extra round trip.
