@@ -368,3 +368,30 @@ def test_the_request_budget_follows_the_idle_timeout_set_in_the_dsn(pg_dsn: str)
     with PgStore(f"{pg_dsn} options='-c idle_in_transaction_session_timeout=4s'") as store, store.connect() as conn:
         assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("4s",)
         assert store.timeouts.request_budget == 3.0
+
+
+def test_login_template_user_stores_the_users_grant_as_a_row(tmp_path: Path, pg_dsn: str, server: AuthServer) -> None:
+    """`login TEMPLATE --user NAME` (in process, the browser played by requests) stores the grant as row TEMPLATE/NAME, no file."""
+    import io
+
+    import requests
+
+    from freshtoken.login import login
+    from freshtoken.sharedcmd import resolve_account
+
+    path = write_config(tmp_path, "a", pg_dsn, server, {})
+    section = template_section(server) + f"    authorize_url: {server.authorize_url}\n    redirect_uri: http://127.0.0.1/callback\n"
+    path.write_text(path.read_text().replace("accounts:\n", "") + section)
+    config = load(path)
+    out, err = io.StringIO(), io.StringIO()
+    account = resolve_account(config, "app", "bob@example.com")
+    code = login(
+        config, account, browser=True, manual=False, timeout=20, out=out, err=err, opener=lambda url: requests.get(url, timeout=15)
+    )
+    assert code == 0, err.getvalue()
+    assert "get app --user bob@example.com" in out.getvalue() and "token file:      none" in out.getvalue()
+    with PgStore(pg_dsn) as store:
+        row = store.read("app/bob@example.com")
+    assert row is not None and row.state.refresh_token is not None and row.state.access is not None
+    assert server.is_valid_access_token(row.state.access.access_token.reveal())
+    assert not (tmp_path / "a" / "tokens").exists() or not any((tmp_path / "a" / "tokens").iterdir())

@@ -47,7 +47,7 @@ from freshtoken.errors import (
     UsageError,
 )
 from freshtoken.getcmd import find_token_file
-from freshtoken.model import Account, AccountState, ClientAuth, Config, Grant, TokenResponse
+from freshtoken.model import USER_SEPARATOR, Account, AccountState, ClientAuth, Config, Grant, TokenResponse
 from freshtoken.oauth import DeviceCode, TokenClient, authorize_url, clean_server_text, make_pkce
 from freshtoken.providers import PRESETS
 from freshtoken.refresh import Refresher, apply_seed
@@ -768,9 +768,16 @@ def _summary(
         preset = PRESETS.get(account.provider or "")
         if preset is not None and preset.login_note and account.refresh_token_lifetime is None:
             lines.append(f"  note:            {preset.login_note}")
-    token_file, json_file = outputs.token_paths(config.token_dir, account.name)
-    lines.append(f"  token file:      {token_file} (and {json_file.name})")
-    lines.append(f"  print it with:   {get_command(config, account.name, environ)}")
+    if account.local_files:
+        token_file, json_file = outputs.token_paths(config.token_dir, account.name)
+        lines.append(f"  token file:      {token_file} (and {json_file.name})")
+        lines.append(f"  print it with:   {get_command(config, account.name, environ)}")
+    else:  # a template user's grant, or `outputs: []`: the token lives in PostgreSQL only
+        template, _, user = account.name.partition(USER_SEPARATOR)
+        lines.append("  token file:      none (outputs: []): applications read the freshtoken_tokens view in PostgreSQL")
+        if user:
+            words = f"-c {shlex.quote(config.file)} get {shlex.quote(template)} --user {shlex.quote(user)}"
+            lines.append(f"  print it with:   {shown_command(path=environ.get('PATH'))} {words}")
     if daemon_told:
         lines.append("The running `freshtoken run` has been told and keeps this token fresh from now on.")
     else:
