@@ -177,6 +177,7 @@ class Daemon:
         self._wake: socket.socket | None = None
         self._wake_thread: threading.Thread | None = None
         self.claimer: Claimer | None = None
+        self._database_down = False  # the shared state's outage has been logged (once for all accounts)
 
     # ------------------------------------------------------------ what other threads may call
 
@@ -427,6 +428,9 @@ class Daemon:
         now = self.clock()
         plan = self._plan(track, outcome, now)
         if not isinstance(outcome, FreshtokenError):
+            if self._database_down:
+                log.info("the shared state is reachable again")
+                self._database_down = False
             runs = _counted(view.runs, "success" if report.refreshed else "current")
             expires_at = outcome.access.expires_at if outcome.access else None
             self._publish(
@@ -454,7 +458,12 @@ class Daemon:
         # warning for the first tries. Anything else, a spent refresh token held only in memory included, is an error.
         expected = outcome.exit_code == TemporaryError.exit_code
         level = logging.WARNING if expected and plan.attempts < 3 else logging.ERROR
-        if message != view.last_error or plan.attempts in (1, 3) or plan.attempts % 10 == 0:
+        if outcome.outcome == "database":
+            # The shared state is down for every account at once: said once (here or by the listener), not per account.
+            level = logging.DEBUG if self._database_down else logging.WARNING
+            self._database_down = True
+            log.log(level, "%s; the files keep the last good tokens; retry %d in %s", message, plan.attempts, humanize(plan.at - now))
+        elif message != view.last_error or plan.attempts in (1, 3) or plan.attempts % 10 == 0:
             log.log(level, "%s: %s; retry %d in %s", name, message, plan.attempts, humanize(plan.at - now))
         self._publish(track, status="retrying", runs=runs, **changes)
         return plan

@@ -6,7 +6,11 @@
     ├── ConfigError             78   failed         no     names the file, the key and the problem
     ├── TemporaryError          75   temporary      yes    network, timeout, 5xx, 429 (.retry_after)
     │   ├── StateWriteError     75   temporary      yes    the state dir cannot be written
-    │   └── MalformedAnswer     75   temporary      yes    a 2xx answer refused as it is (.refresh_token)
+    │   │   └── SaveFailed      75   temporary      yes    a save did not happen (.where, .reason)
+    │   ├── MalformedAnswer     75   temporary      yes    a 2xx answer refused as it is (.refresh_token)
+    │   ├── DatabaseUnavailable 75   database       yes    shared_state: PostgreSQL cannot be reached
+    │   ├── LockLost            75   temporary      yes    shared_state: the session holding a row lock ended
+    │   └── FencedOff           75   temporary      yes    shared_state: another host saved since this one read
     ├── RefreshFailed            1   failed         no     refused for a reason retrying will not fix
     │   ├── InvalidGrant         1   invalid_grant  no     only a new login helps: the daemon parks the account
     │   └── RotatedTokenNotSaved 1   temporary      yes    a rotated refresh token is held in memory only
@@ -15,7 +19,9 @@
     ├── StateUnusable            1   failed         no     a state file this version cannot use
     ├── TokenUnavailable         1   failed         no     `get`: no valid token
     ├── LoginFailed              1   failed         no     `login` denied, timed out or mismatched
-    └── AlreadyRunning           1   failed         no     another daemon holds the state dir
+    ├── AlreadyRunning           1   failed         no     another daemon holds the state dir
+    ├── SchemaMismatch          78   failed         no     shared_state: run `freshtoken db init` (or upgrade)
+    └── MissingExtra            78   failed         no     shared_state without psycopg: freshtoken[postgres]
 
 Each class says, as class attributes, what the one-shot commands exit with
 (`exit_code`, read by the CLI), how a run that ended in it is counted
@@ -78,6 +84,15 @@ class StateWriteError(TemporaryError):
     """
 
 
+class SaveFailed(StateWriteError):
+    """A save (or a reservation for one) that did not happen: `where` names the state, `reason` says why."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"cannot write state {where}: {reason}")
+        self.where = where
+        self.reason = reason
+
+
 class MalformedAnswer(TemporaryError):
     """A 2xx answer freshtoken refuses to use as it is (too big, not JSON, absurd numbers).
 
@@ -88,6 +103,20 @@ class MalformedAnswer(TemporaryError):
     def __init__(self, message: str, refresh_token: object = None) -> None:
         super().__init__(message)
         self.refresh_token = refresh_token
+
+
+class DatabaseUnavailable(TemporaryError):
+    """The shared state's PostgreSQL cannot be reached, or the connection broke: serve the files, retry with backoff."""
+
+    outcome: ClassVar[str] = "database"
+
+
+class LockLost(TemporaryError):
+    """The session holding an account's row lock has ended (idle timeout, network, restart): do not send, do not trust a save."""
+
+
+class FencedOff(TemporaryError):
+    """A save was refused because another host saved a newer version since this one was read."""
 
 
 class RefreshFailed(FreshtokenError):
@@ -135,3 +164,15 @@ class LoginFailed(FreshtokenError):
 
 class AlreadyRunning(FreshtokenError):
     """Another daemon holds the state dir."""
+
+
+class SchemaMismatch(FreshtokenError):
+    """The database's freshtoken schema is missing, older or newer than this version's."""
+
+    exit_code: ClassVar[int] = 78
+
+
+class MissingExtra(FreshtokenError):
+    """shared_state is set but psycopg is not installed."""
+
+    exit_code: ClassVar[int] = 78

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = ("success", "current", "temporary", "failed", "output", "invalid_grant")
+OUTCOMES = ("success", "current", "temporary", "database", "failed", "output", "invalid_grant")
 
 
 class DaemonCollector(Collector):
@@ -63,7 +63,8 @@ class DaemonCollector(Collector):
         )
         refreshes = CounterMetricFamily(
             "freshtoken_refreshes",
-            "Refresh runs by outcome: success, current (token still valid, nothing sent), temporary, failed, output, invalid_grant.",
+            "Refresh runs by outcome: success, current (token still valid, nothing sent), temporary,"
+            " database (shared state down), failed, output, invalid_grant.",
             labels=["account", "outcome"],
         )
         failures = GaugeMetricFamily("freshtoken_consecutive_failures", "Failed runs since the last success.", labels=["account"])

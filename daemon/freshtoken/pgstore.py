@@ -32,19 +32,17 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
+from freshtoken.errors import DatabaseUnavailable as DatabaseUnavailable  # the shared state's errors are errors.py's (re-exported)
+from freshtoken.errors import FencedOff as FencedOff
 from freshtoken.errors import FreshtokenError, StateUnusable, TemporaryError
+from freshtoken.errors import LockLost as LockLost
+from freshtoken.errors import MissingExtra as MissingExtra
+from freshtoken.errors import SchemaMismatch as SchemaMismatch
 from freshtoken.model import USER_SEPARATOR, AccountState, Secret
 from freshtoken.statestore import SaveFailed
 from freshtoken.store import DaemonLock, Store
-
-
-class MissingExtra(FreshtokenError):
-    """shared_state is set but psycopg is not installed."""
-
-    exit_code: ClassVar[int] = 78
-
 
 try:
     import psycopg
@@ -125,27 +123,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-# ---------------------------------------------------------------- errors
-
-
-class DatabaseUnavailable(TemporaryError):
-    """Cannot connect, or the connection broke outside a lock: serve the files, retry with backoff."""
-
-
-class LockLost(TemporaryError):
-    """The session holding an account's lock has ended (idle timeout, network, restart): do not send, do not trust a save."""
-
-
-class FencedOff(TemporaryError):
-    """A save was refused because another host saved a newer version since this one was read."""
-
-
-class SchemaMismatch(FreshtokenError):
-    """The database's freshtoken schema is missing, older or newer than this version's."""
-
-    exit_code: ClassVar[int] = 78
 
 
 def _first_line(exc: BaseException, secret: str | None = None) -> str:

@@ -123,7 +123,7 @@ def describe(config: Config, now: float) -> list[dict[str, Any]]:
 
     The database being down is a row error for each account, as an unreadable state file is.
     """
-    from freshtoken.pgstore import DatabaseUnavailable
+    from freshtoken.errors import DatabaseUnavailable
     from freshtoken.status import _describe_one, _error_row
 
     rows = []

@@ -28,20 +28,12 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from freshtoken.errors import StateUnusable, StateWriteError
+from freshtoken.errors import SaveFailed as SaveFailed  # errors.py's; re-exported for the stores
+from freshtoken.errors import StateUnusable
 from freshtoken.model import AccountState
 
 if TYPE_CHECKING:
     from freshtoken.model import Config
-
-
-class SaveFailed(StateWriteError):
-    """A save (or a reservation for one) that did not happen: `where` names the state, `reason` says why."""
-
-    def __init__(self, where: str, reason: str) -> None:
-        super().__init__(f"cannot write state {where}: {reason}")
-        self.where = where
-        self.reason = reason
 
 
 class StateTransaction(Protocol):
