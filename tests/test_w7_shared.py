@@ -356,6 +356,20 @@ def test_a_template_user_is_refreshed_and_read_through_the_cli(tmp_path: Path, p
     assert code == 0 and server.is_valid_access_token(out.strip())
     assert run_cli("-c", str(path), "get", "app")[0] == 1  # get alone reads only files; a template user has none
     assert "template app: 1 users' grants, 1 with a valid token, 0 waiting for a login" in run_cli("-c", str(path), "status")[1]
+    code, out, err = run_cli("-c", str(path), "logout", "app", "--user", "alice")
+    assert code == 0, err
+    assert run_cli("-c", str(path), "get", "app", "--user", "alice")[0] == 1
+    assert "template app: 0 users' grants" in run_cli("-c", str(path), "status")[1]
+
+
+def test_check_config_shows_the_shared_state_without_its_password(tmp_path: Path, pg_dsn: str, server: AuthServer) -> None:
+    """check-config names the database with the password taken out, and each template."""
+    path = write_config(tmp_path, "a", f"{pg_dsn} password=hunter2-secret", server, {"team": "seed"})
+    path.write_text(path.read_text() + template_section(server))
+    code, out, err = run_cli("-c", str(path), "check-config")
+    assert code == 0, err
+    assert "shared state  PostgreSQL " in out and "template app: users' grants are rows app/USER" in out
+    assert "hunter2" not in out + err
 
 
 def test_the_request_budget_follows_the_idle_timeout_set_in_the_dsn(pg_dsn: str) -> None:
@@ -395,3 +409,15 @@ def test_login_template_user_stores_the_users_grant_as_a_row(tmp_path: Path, pg_
     assert row is not None and row.state.refresh_token is not None and row.state.access is not None
     assert server.is_valid_access_token(row.state.access.access_token.reveal())
     assert not (tmp_path / "a" / "tokens").exists() or not any((tmp_path / "a" / "tokens").iterdir())
+
+
+def test_a_pooled_session_the_server_ended_is_not_used_again(pg_dsn: str) -> None:
+    """After the server ends an idle pooled session (a restart, pg_terminate_backend), the next transaction works at once."""
+    with PgStore(pg_dsn, host="a") as store, psycopg.connect(pg_dsn, autocommit=True) as admin:
+        store.load("acct")  # leaves one idle session in the pool
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'freshtoken' AND state = 'idle'")
+        count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'freshtoken'"
+        assert poll(lambda: admin.execute(count).fetchone() == (0,), 30)
+        with store.transaction("acct") as tx:
+            tx.save(tx.state)
+        assert tx.version == 1

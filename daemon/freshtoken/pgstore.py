@@ -26,6 +26,7 @@ import logging
 import math
 import re
 import secrets
+import select
 import socket
 import threading
 import time
@@ -225,6 +226,17 @@ def timeouts_from_options(options: str) -> PgTimeouts:
         raise FreshtokenError(f"shared_state options: {exc}") from None
 
 
+def _readable(conn: psycopg.Connection[Any]) -> bool:
+    """An idle pooled session with something to read has been ended by the server (a restart's FATAL, or EOF).
+
+    Checked without a round trip, so that a database restart does not fail one refresh per pooled connection.
+    """
+    try:
+        return bool(select.select([conn.fileno()], [], [], 0)[0])
+    except (OSError, ValueError, psycopg.Error):
+        return True
+
+
 def _boottime() -> float:
     """A clock that keeps counting through SIGSTOP and through a suspended VM or laptop (CLOCK_MONOTONIC stops in suspend)."""
     return time.clock_gettime(time.CLOCK_BOOTTIME)
@@ -344,8 +356,9 @@ class PgStore:
         with self._mutex:
             while self._idle:
                 conn = self._idle.pop()
-                if not conn.closed:  # a session the server ended shows only at first use; callers map that error
+                if not conn.closed and not _readable(conn):
                     return conn
+                conn.close()
         return self.connect()
 
     def _give_back(self, conn: psycopg.Connection[Any]) -> None:

@@ -334,6 +334,12 @@ def check_config(config: Config) -> str:
     lines = [f"config {config.file}: OK", f"state dir  {config.state_dir}", f"token dir  {config.token_dir}"]
     if config.metrics_listen:
         lines.append(f"metrics    http://{config.metrics_listen[0]}:{config.metrics_listen[1]}/metrics")
+    if config.shared_state:
+        from freshtoken.pgstore import redact  # MissingExtra (exit 78) without psycopg, as `run` would say
+
+        lines.append(f"shared state  PostgreSQL {redact(config.shared_state.reveal())} (the state dir keeps the daemon lock only)")
+        for name, template in config.templates.items():
+            lines.append(f"template {name}: users' grants are rows {name}/USER, refreshed at {public_url(template.token_url)}")
     for account in config.accounts.values():
         margin = config.margin_for(account)
         lines.append("")
