@@ -106,6 +106,14 @@ class PgCluster:
                 if attempt == 2:
                     raise
 
+    def pause(self, mode: str = "immediate") -> None:
+        """Stop the server, keeping its data (a crash with `immediate`; every session ends); resume() brings it back."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", timeout=60)
+
+    def resume(self) -> None:
+        """Start the server paused by pause(), on the same port and socket."""
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", f"-p {self.port} -k {self.root}", "start")
+
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=30)

@@ -421,3 +421,20 @@ def test_a_pooled_session_the_server_ended_is_not_used_again(pg_dsn: str) -> Non
         with store.transaction("acct") as tx:
             tx.save(tx.state)
         assert tx.version == 1
+
+
+def test_after_a_database_restart_a_living_senders_attempt_is_waited_for(pg_cluster: PgCluster, pg_dsn: str) -> None:
+    """A restart frees every session's locks, a living sender's presence too: its attempt is not taken for a dead sender's."""
+    with PgStore(pg_dsn, host="a") as a, PgStore(pg_dsn, host="b") as b:
+        with a.transaction("acct") as first:
+            first.save(first.state)
+        tx = a.transaction("acct").__enter__()
+        tx.before_send()  # a's refresh token is on its way when the database restarts
+        pg_cluster.pause()
+        pg_cluster.resume()
+        with b.transaction("acct") as other:
+            assert other.attempt is not None and other.attempt.host == "a"
+            assert not other.attempt.sender_gone  # a's presence lock is free, but only because of the restart
+            with pytest.raises(TemporaryError, match="has not saved the answer; waiting"):
+                other.before_send()
+        tx._conn.close()  # noqa: SLF001  (its session ended with the restart)

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 CHANNEL = "freshtoken_state"  # NOTIFY payload: '<account>:<version>' and nothing else (every role can LISTEN)
 READER_ROLE = "freshtoken_reader"
 ATTEMPT_WAIT = 600.0  # seconds a live host's unsaved refresh is waited for before its token is tried anyway
+PRESENCE_GRACE = 60.0  # after a database restart, seconds a sender has to take its presence lock again before it counts as gone
 _MIGRATION_LOCK = 0x66726573  # pg_advisory_xact_lock key: two hosts migrating at once take turns
 
 # Each entry moves the schema from version i to i+1. Never edit a released entry: append a new one.
@@ -324,7 +325,12 @@ class PgStore:
         params.setdefault("connect_timeout", str(max(2, round(self.timeouts.connect))))  # libpq's minimum is 2
         params.setdefault("application_name", "freshtoken")
         # Appended to the user's own options, if any: per-session settings, no extra round trip.
-        params["options"] = f"{params.get('options', '')} {self.timeouts.options()}".strip()
+        options = f"{params.get('options', '')} {self.timeouts.options()}"
+        if "synchronous_commit" not in options:
+            # A commit must survive a database crash: it holds the only live copy of a rotated refresh token
+            # (and the attempt record). A server running with synchronous_commit=off would lose the last ones.
+            options += " -c synchronous_commit=on"
+        params["options"] = options.strip()
         self._params = params
         self.where = redact(dsn.reveal() if isinstance(dsn, Secret) else dsn)
         self.host = host or socket.gethostname()
@@ -535,7 +541,8 @@ class PgStore:
         """Call `changed(account, version)` for each save another process committed, from a thread of its own, until `stopping`.
 
         After a (re)connect, `changed(None, 0)`: notifications sent meanwhile are lost, so re-read everything.
-        The database being down is logged once; the thread reconnects with backoff (1 s doubling to 30 s).
+        The database being down is logged once; the thread reconnects with backoff (1 s doubling to 10 s),
+        and takes this process's presence lock again at once (see _attempt).
         """
 
         def listen() -> None:
@@ -543,6 +550,7 @@ class PgStore:
             while not stopping.is_set():
                 try:
                     with self.listen() as listener:
+                        self._ensure_presence()  # at once after a restart: other hosts wait PRESENCE_GRACE for it
                         if down:
                             log.warning("PostgreSQL (%s) is reachable again", self.where)
                         delay, down = 1.0, False
@@ -556,7 +564,7 @@ class PgStore:
                         log.warning("%s; serving the tokens in the files, retrying", exc)
                     down = True
                 stopping.wait(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, 10.0)
 
         thread = threading.Thread(target=listen, name="pg-listen", daemon=True)
         thread.start()
@@ -638,21 +646,32 @@ class PgStore:
         return tuple(row)
 
     def _attempt(self, conn: psycopg.Connection[Any], account: str, version: int) -> Attempt | None:
-        """The unsaved attempt on this version, if any, and whether its sender's process is gone (its presence lock is free)."""
+        """The unsaved attempt on this version, if any, and whether its sender's process is known to be gone.
+
+        A sender holds its presence lock (an advisory lock on a session of its own) while its process
+        lives; a lock we can take means the process died (its sessions ended with it). Unless the
+        database itself restarted since the attempt: that ends every session, a living sender's too,
+        so its lock is free until it reconnects. Such an attempt is judged only PRESENCE_GRACE after
+        the restart, time for a living sender to take its lock again (the daemon does so at once).
+        """
         try:
             row = conn.execute(
-                """SELECT host, extract(epoch from started_at)::float8, extract(epoch from now() - started_at)::float8, presence
+                """SELECT host, extract(epoch from started_at)::float8, extract(epoch from now() - started_at)::float8, presence,
+                          started_at < pg_postmaster_start_time(), extract(epoch from now() - pg_postmaster_start_time())::float8
                      FROM freshtoken_attempt WHERE account = %s AND version = %s""",
                 (account, version),
             ).fetchone()
             if row is None:
                 return None
-            # Taken only if no session holds it: the sender's process is dead (or its database session is). Released at commit.
-            taken = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (row[3],)).fetchone() if row[3] != self.presence else None
-            gone = bool(taken and taken[0])
+            host, started_at, age, presence, before_restart, up_for = row
+            gone = False
+            if presence != self.presence and not (before_restart and up_for < PRESENCE_GRACE):
+                # Taken only if no session holds it; released at this transaction's end.
+                taken = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (presence,)).fetchone()
+                gone = bool(taken and taken[0])
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"{account}: PostgreSQL ({self.where}): {_first_line(exc, self._password)}") from None
-        return Attempt(str(row[0]), version, float(row[1]), age=float(row[2]), sender_gone=gone)
+        return Attempt(str(host), version, float(started_at), age=float(age), sender_gone=gone)
 
     def record_attempt(self, account: str, version: int) -> None:
         """Commit, on a session of its own, that this process is about to send the refresh token of `version`."""
