@@ -15,7 +15,7 @@ from freshtoken.errors import ConfigError
 from freshtoken.model import ClientAuth, Grant, OutputFormat, Timeouts
 from freshtoken.schema import Defaults
 
-ADAPTERS = ("yaml", "requests", "urllib3", "apscheduler", "freshtoken.config", "freshtoken.oauth")
+ADAPTERS = ("yaml", "requests", "urllib3", "apscheduler", "psycopg", "freshtoken.config", "freshtoken.oauth", "freshtoken.pgstore")
 
 
 def newly_loaded(code: str) -> set[str]:
@@ -36,10 +36,12 @@ def adapters_in(modules: set[str]) -> list[str]:
         "import freshtoken.schema",
         "import freshtoken.outputs",
         "import freshtoken.providers",
+        "import freshtoken.status",
+        "import freshtoken.statestore",
     ],
 )
 def test_the_model_and_its_users_load_no_adapter(code: str) -> None:
-    """The domain types, the schema and outputs import neither yaml nor requests (nor the modules that own them)."""
+    """The domain types, the schema, outputs and status import neither yaml, requests nor psycopg (nor the modules that own them)."""
     assert adapters_in(newly_loaded(code)) == []
 
 
