@@ -574,12 +574,13 @@ class PgStore:
     #
     # Why a stalled holder cannot spend a refresh token another host has rotated. Hosts A and B;
     # I = idle_in_transaction_session_timeout (60 s), D = the token request's total deadline (40 s),
-    # with D < I - margin (PgTimeouts.check_request_deadline). The daemon's refresh, per account:
+    # with D < I - margin (PgTimeouts.check_request_deadline). The refresh, per account (refresh.Refresher,
+    # oauth.TokenClient._post):
     #     with store.transaction(name) as tx:        # BEGIN; SELECT ... FOR NO KEY UPDATE; re-read
-    #         if not due(tx.state) or tx.attempt: return
-    #         budget = tx.before_send()              # commit an attempt record elsewhere, then SELECT 1 here
-    #         if tx.remaining() <= 0: return         # CLOCK_BOOTTIME since the check: a freeze shows here
-    #         answer = post(..., deadline=min(D, tx.remaining()))
+    #         if not due(tx.state): return           # another host refreshed while we waited: write files only
+    #         budget = tx.before_send()              # the attempt rule (below); commit an attempt record on
+    #                                                # another session; SELECT 1 here; budget = tx.remaining()
+    #         answer = post(..., deadline=min(D, budget))   # nothing is sent if the budget is spent
     #         tx.save(new_state)                     # UPDATE ... WHERE version = v; drop the attempt; COMMIT
     #
     #   t0   A: BEGIN; SELECT ... FOR NO KEY UPDATE on the row; reads refresh token R1 at version v.
@@ -601,10 +602,18 @@ class PgStore:
     #
     # A freeze after A's request left (the IdP rotated R1 into R2' and A froze with the answer unread, for
     # longer than I) is the field notes' trap 4: B would send R1, already spent. The attempt record that
-    # before_send() committed (on another session, so it survives A's) tells B: tx.attempt is set, B must
-    # not send R1. When A resumes, its save on the dead session fails and store.save_if_version(v) keeps
-    # R2', since nobody saved since v; that save clears the attempt. If A never comes back, R1 may or may
-    # not be spent: the daemon's policy decides (wait, then ask for a login, or try R1 once).
+    # before_send() committed (on another session, so it survives A's) tells B: tx.attempt is set, and
+    # B's before_send() refuses to send R1 (TemporaryError: retried later) while A's process lives, which
+    # B knows from A's presence lock (an advisory lock A holds on a session of its own; a SIGSTOPped
+    # process keeps its sessions). When A resumes, its save on the dead session fails; A keeps R2' in
+    # memory (refresh.Unsaved) and its next transaction saves it, since the row is still at v with R1:
+    # that save clears the attempt, and B, retrying, finds R2'. If A died instead (killed: its sessions
+    # and its presence lock went with it), R2' is lost whatever B does; B sends R1 once: if A's request
+    # never left, R1 works, and if it did, the grant was already lost. That resend is the one double
+    # spend a SIGKILL can cause, inside the few milliseconds between the request leaving and the commit.
+    # A database restart frees every presence lock, a living A's too: an attempt older than the restart
+    # is judged only PRESENCE_GRACE after it, time for A to take its lock again (the daemon's listener
+    # does at once); a live A that stays silent for ATTEMPT_WAIT is no longer waited for.
     #
     # What no lock can close, and bench/pgstall.py measures: the few instructions between the
     # tx.remaining() check and the request's bytes leaving this host. A freeze that starts there and lasts
