@@ -37,7 +37,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from apscheduler.executors.pool import BasePoolExecutor
 from apscheduler.jobstores.base import JobLookupError
@@ -45,7 +45,7 @@ from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from freshtoken import systemd
-from freshtoken.claims import Claimer
+from freshtoken.claims import Claimer, ClaimingStore
 from freshtoken.durations import humanize
 from freshtoken.errors import ConfigError, FreshtokenError, RefreshFailed, TemporaryError
 from freshtoken.fsutil import clean_stale_temps
@@ -752,17 +752,16 @@ class Daemon:
 
     def _start_shared_state(self) -> None:
         """With shared_state: hear the other hosts' saves (NOTIFY), and claim the templates' users' grants that fall due."""
-        watch = getattr(self.store, "watch", None)
-        if watch is None:
-            return
         try:
-            self.store.check_schema()  # type: ignore[attr-defined]  # SchemaMismatch: exit 78, `freshtoken db init`
+            self.store.check()  # SchemaMismatch: exit 78, `freshtoken db init`
         except TemporaryError as exc:  # down: the files keep serving the last good tokens; every run retries
             log.warning("%s; serving the tokens in the files until it is back", exc)
-        watch(self.request_changed, self._stopping)
+        if not self.store.watch(self.request_changed, self._stopping):
+            return  # one host's state dir: nobody else saves
         if self.config.templates:
+            claiming = cast(ClaimingStore, self.store)  # templates need shared_state (schema.py): a PgStore
             self.claimer = Claimer(
-                self.store,  # type: ignore[arg-type]  # a store with watch() is a PgStore, which claims
+                claiming,
                 self.refresher,
                 lambda: self.config.templates,
                 workers=self.config.workers,

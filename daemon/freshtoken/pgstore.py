@@ -537,7 +537,11 @@ class PgStore:
     def open_wake_socket(self) -> socket.socket | None:
         return self._local().open_wake_socket()
 
-    def watch(self, changed: Callable[[str | None, int], None], stopping: threading.Event) -> threading.Thread:
+    def check(self) -> None:
+        """At a daemon's start: SchemaMismatch unless the schema is this version's (DatabaseUnavailable if down)."""
+        self.check_schema()
+
+    def watch(self, changed: Callable[[str | None, int], None], stopping: threading.Event) -> bool:
         """Call `changed(account, version)` for each save another process committed, from a thread of its own, until `stopping`.
 
         After a (re)connect, `changed(None, 0)`: notifications sent meanwhile are lost, so re-read everything.
@@ -566,9 +570,8 @@ class PgStore:
                 stopping.wait(delay)
                 delay = min(delay * 2, 10.0)
 
-        thread = threading.Thread(target=listen, name="pg-listen", daemon=True)
-        thread.start()
-        return thread
+        threading.Thread(target=listen, name="pg-listen", daemon=True).start()
+        return True
 
     # ------------------------------------------------ the refresh transaction
     #

@@ -23,6 +23,7 @@ the PostgreSQL one (and psycopg) only when the config asks for it.
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -110,6 +111,16 @@ class StateStore(Protocol):
 
     def close(self) -> None:
         """Let go of what the store holds open (a shared store's connections); it may be used again after."""
+
+    def check(self) -> None:
+        """What a daemon checks at start (a shared store: its schema; SchemaMismatch, exit 78, or TemporaryError)."""
+
+    def watch(self, changed: Callable[[str | None, int], None], stopping: threading.Event) -> bool:
+        """Call `changed(account, version)` when another process saves an account (None: re-read all), until `stopping`.
+
+        False if this store has no such notifications (the state dir: the daemon is its only writer,
+        and `login` wakes it through wake_daemon()).
+        """
 
 
 def open_store(config: Config, *, due: Callable[[str, AccountState], float | None] | None = None) -> StateStore:

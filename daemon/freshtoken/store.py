@@ -229,6 +229,13 @@ class Store:
     def close(self) -> None:
         """Nothing stays open between transactions here (statestore.StateStore.close)."""
 
+    def check(self) -> None:
+        """Nothing to check before a daemon starts: prepare() does it at first use."""
+
+    def watch(self, changed: Callable[[str | None, int], None], stopping: threading.Event) -> bool:
+        """No other writer to hear of: the daemon holds the state dir's lock (statestore.StateStore.watch)."""
+        return False
+
     def daemon_lock(self, token_dir: Path | None = None) -> DaemonLock:
         """The lock a daemon holds for its whole life: on the state dir, and on `token_dir` too if given.
 
