@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -688,10 +688,9 @@ needs_provider = pytest.mark.skipif(bool(_provider_missing), reason=_provider_mi
 _browser_missing = browser_unavailable_reason()
 
 
-@pytest.fixture(scope="module")
-def op() -> Iterator[OidcProvider]:
-    with OidcProvider(access_ttl=300) as provider:
-        yield provider
+@pytest.fixture
+def op(oidc_provider: OidcProvider) -> OidcProvider:
+    return oidc_provider
 
 
 @pytest.fixture
