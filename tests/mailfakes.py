@@ -64,7 +64,7 @@ class _Fake:
         self.server = _Server(("127.0.0.1", 0), self.handler)
         self.server.fake = self  # type: ignore[attr-defined]
         self.port: int = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     def __enter__(self) -> Any:
         self.thread.start()

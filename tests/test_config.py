@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import string
 import subprocess
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from freshtoken import config, units
+from freshtoken.cli import main
 from freshtoken.errors import ConfigError
 from freshtoken.model import Config, Secret
 from freshtoken.schema import ACCOUNT_KEYS, OUTPUT_KEYS, TOP_KEYS
@@ -782,8 +784,17 @@ def test_find_nothing_is_a_config_error(tmp_path: Path, monkeypatch: pytest.Monk
     ids=["malformed", "bad date", "missing variable"],
 )
 def test_check_config_exits_78_with_one_line(text: str, tail: str, write: Callable[..., Path]) -> None:
-    """`python -m freshtoken -c bad.yaml check-config` exits 78 with one line on stderr and no traceback."""
+    """`freshtoken -c bad.yaml check-config` exits 78 with one line on stderr and no traceback."""
     path = write(text, name="bad.yaml")
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["-c", str(path), "check-config"], environ=os.environ.copy(), stdout=out, stderr=err) == 78
+    assert out.getvalue() == ""
+    assert err.getvalue() == f"freshtoken: {path}{tail}\n"
+
+
+def test_check_config_as_a_real_process_exits_78_with_one_line(write: Callable[..., Path]) -> None:
+    """`python -m freshtoken -c bad.yaml check-config` exits 78 with one line on stderr and no traceback."""
+    path = write("accounts:\n  spotify: [abc\n", name="bad.yaml")
     proc = subprocess.run(
         [sys.executable, "-m", "freshtoken", "-c", str(path), "check-config"],
         capture_output=True,
@@ -793,7 +804,7 @@ def test_check_config_exits_78_with_one_line(text: str, tail: str, write: Callab
     )
     assert proc.returncode == 78
     assert proc.stdout == ""
-    assert proc.stderr == f"freshtoken: {path}{tail}\n"
+    assert proc.stderr == f"freshtoken: {path}:3: malformed YAML: expected ',' or ']', but got '<stream end>'\n"
     assert "Traceback" not in proc.stderr
 
 

@@ -710,23 +710,24 @@ def test_refresh_token_expiry_is_warned_of_once_a_day_from_14_days_before(server
 
 
 def test_a_slow_hook_never_delays_the_run_or_other_accounts(server, clock, dirs, write, make_daemon, tmp_path):
-    """A hook that takes 1 s runs beside the daemon: both accounts' runs return in well under that, and the hook still completes."""
+    """A hook that waits until the test lets it go runs beside the daemon: both accounts' runs return meanwhile, then the hook completes."""
     seeds = {n: server.issue_refresh_token(DEMO_CLIENT_ID) for n in ("a", "b")}
-    hook = f'["/bin/sh", "-c", "sleep 1; echo $FRESHTOKEN_ACCOUNT > {tmp_path}/hook.out"]'
+    go = tmp_path / "go"
+    hook = f'["/bin/sh", "-c", "while [ ! -e {go} ]; do sleep 0.01; done; echo $FRESHTOKEN_ACCOUNT > {tmp_path}/hook.out"]'
     daemon = make_daemon(write(account_yaml("a", server, seeds["a"], on_refresh=hook), account_yaml("b", server, seeds["b"])))
     daemon.startup()
 
-    started = time.monotonic()
-    daemon.step()  # runs `a`, then `b`
-    took = time.monotonic() - started
+    daemon.step()  # runs `a`, then `b`; a daemon waiting for the hook would stay here until hook_timeout killed it
 
-    assert took < 0.5
+    hooks = [t for t in threading.enumerate() if t.name == "hook-a"]
+    assert hooks and all(t.is_alive() for t in hooks)  # the hook still waits for `go` ...
     assert not (tmp_path / "hook.out").exists()
-    for thread in [t for t in threading.enumerate() if t.name == "hook-a"]:
-        thread.join(5)
-    assert "a\n" == (tmp_path / "hook.out").read_text()
-    assert 2 == server.refreshes_ok
+    assert 2 == server.refreshes_ok  # ... while both runs are done
     assert os.path.exists(dirs["tokens"] / "b.token")
+    go.touch()
+    for thread in hooks:
+        thread.join(10)
+    assert "a\n" == (tmp_path / "hook.out").read_text()
 
 
 # ---------------------------------------------------------------- single flight and absurd plans

@@ -1,8 +1,9 @@
 """`freshtoken login`: the loopback listener, --manual, and the code exchange, over real HTTP.
 
-Most tests run the real command in a subprocess, read the URL it prints and play
-the browser with `requests` against the loopback AuthServer. The last group runs
-against the real node-oidc-provider, over HTTP and in headless Chromium.
+Most tests call login() in this process, read the URL it prints and play the
+browser with `requests` against the loopback AuthServer; a few run the real
+command in a subprocess (loopback, --manual, headless Chromium). The last group
+runs against the real node-oidc-provider, over HTTP and in headless Chromium.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -117,6 +118,24 @@ def run_login(
     return Finished(code, "".join(out_lines), "".join(err_chunks), seen.get("url"), seen.get("driven"))
 
 
+class _WatchedOut(io.StringIO):
+    """stdout for an in-process login: hands the first printed URL line to `on_url` once it is complete."""
+
+    def __init__(self, on_url: Callable[[str], None]) -> None:
+        super().__init__()
+        self.on_url: Callable[[str], None] | None = on_url
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if self.on_url is not None:
+            for line in self.getvalue().splitlines(keepends=True):
+                if line.startswith("http") and line.endswith("\n"):
+                    on_url, self.on_url = self.on_url, None
+                    on_url(line.strip())
+                    break
+        return written
+
+
 def run_inprocess(
     path: Path,
     account: str = "demo",
@@ -125,15 +144,43 @@ def run_inprocess(
     opener: Callable[[str], object] | None = None,
     stdin: IO[str] | None = None,
     timeout: float = 10,
+    drive: Callable[[str], Any] | None = None,
+    paste: Callable[[str], str] | None = None,
+    browser: bool | None = None,
 ) -> Finished:
-    """Call login() in this process (for an injected opener or stdin); FreshtokenError becomes its exit code as in the CLI."""
-    out, err = io.StringIO(), io.StringIO()
+    """Call login() in this process, as run_login runs the command: a thread calls drive(url) or pastes paste(url) into stdin
+    once the URL is printed; FreshtokenError becomes its exit code as in the CLI."""
+    seen: dict[str, Any] = {}
+    threads: list[threading.Thread] = []
+    paste_end: IO[str] | None = None
+    if paste is not None:
+        read_end, write_end = os.pipe()
+        stdin, paste_end = os.fdopen(read_end), os.fdopen(write_end, "w")
+
+    def play(url: str) -> None:
+        try:
+            if drive is not None:
+                seen["driven"] = drive(url)
+            if paste is not None and paste_end is not None:
+                paste_end.write(paste(url) + "\n")
+        except Exception as exc:  # reported by the test, not lost in the thread
+            seen["error"] = exc
+        finally:
+            if paste_end is not None:
+                paste_end.close()  # EOF if the paste failed, so the login ends rather than waits
+
+    def on_url(url: str) -> None:
+        thread = threading.Thread(target=play, args=(url,), daemon=True)
+        threads.append(thread)
+        thread.start()
+
+    out, err = _WatchedOut(on_url), io.StringIO()
     config = config_module.load(path, os.environ)
     try:
         code = login(
             config,
             config.accounts[account],
-            browser=opener is not None,
+            browser=opener is not None if browser is None else browser,
             manual=manual,
             timeout=timeout,
             out=out,
@@ -144,8 +191,18 @@ def run_inprocess(
     except FreshtokenError as exc:
         err.write(f"freshtoken: {exc}\n")
         code = exc.exit_code
+    finally:
+        for thread in threads:
+            thread.join(timeout=WAIT)
+        if paste is not None:
+            assert stdin is not None and paste_end is not None
+            stdin.close()
+            if not paste_end.closed:  # the URL was never printed
+                paste_end.close()
+    if "error" in seen:
+        raise seen["error"]
     printed = [line for line in out.getvalue().splitlines() if line.startswith("http")]
-    return Finished(code, out.getvalue(), err.getvalue(), printed[0] if printed else None, None)
+    return Finished(code, out.getvalue(), err.getvalue(), printed[0] if printed else None, seen.get("driven"))
 
 
 def query(url: str) -> dict[str, str]:
@@ -263,7 +320,7 @@ def test_no_browser_login_stores_the_grant_and_writes_token_files(make_config, a
 @pytest.mark.parametrize(("written", "path"), [("http://127.0.0.1/callback", "/callback"), ("http://127.0.0.1/", "/")])
 def test_portless_redirect_uri_listens_on_a_free_port_and_sends_it(make_config, auth_server, written, path):
     """A loopback redirect_uri without a port gets a free port put into it, path and trailing slash exactly as written, in both requests."""
-    done = run_login(make_config(redirect_uri=written), "demo", drive=follow)
+    done = run_inprocess(make_config(redirect_uri=written), drive=follow)
 
     assert done.code == 0, done.err
     sent = query(done.url)["redirect_uri"]
@@ -285,7 +342,7 @@ def test_state_mismatch_is_ignored_and_the_real_callback_still_logs_in(make_conf
         stateless = requests.get(base + "?" + urlencode({"code": params["code"]}), timeout=15)
         return [forged, stateless, requests.get(location, timeout=15)]
 
-    done = run_login(make_config(), "demo", drive=forge_then_follow)
+    done = run_inprocess(make_config(), drive=forge_then_follow)
 
     assert done.code == 0, done.err
     forged, stateless, real = done.driven
@@ -300,7 +357,7 @@ def test_state_mismatch_is_ignored_and_the_real_callback_still_logs_in(make_conf
 def test_access_denied_is_reported_and_stores_nothing(make_config, dirs):
     """The provider's access_denied ends the login with exit 1, "login denied" on stderr and a failure page; nothing is stored."""
     with AuthServer(deny_authorization=True) as server:
-        done = run_login(make_config(server=server), "demo", drive=follow)
+        done = run_inprocess(make_config(server=server), drive=follow)
 
     assert done.code == 1
     assert "freshtoken: login denied: access_denied" in done.err
@@ -316,7 +373,7 @@ def test_provider_error_description_is_shown_escaped(make_config, dirs):
         answer = {"error": "access_denied", "error_description": "<b>User</b> said no", "state": params["state"]}
         return requests.get(params["redirect_uri"] + "?" + urlencode(answer), timeout=15)
 
-    done = run_login(make_config(), "demo", drive=deny_with_markup)
+    done = run_inprocess(make_config(), drive=deny_with_markup)
 
     assert done.code == 1
     assert "freshtoken: login denied: access_denied: <b>User</b> said no\n" in done.err
@@ -324,14 +381,14 @@ def test_provider_error_description_is_shown_escaped(make_config, dirs):
 
 
 def test_login_times_out(make_config, dirs):
-    """With nobody answering, --timeout 2 ends the login after about 2 s with exit 1 and a message."""
+    """With nobody answering, a 1 s timeout ends the login after that second with exit 1 and a message."""
     started = time.monotonic()
-    done = run_login(make_config(), "demo", timeout=2)
+    done = run_inprocess(make_config(), timeout=1)
     elapsed = time.monotonic() - started
 
     assert done.code == 1
-    assert "no answer from the browser within 2s" in done.err
-    assert 2 <= elapsed < 6
+    assert "no answer from the browser within 1s" in done.err
+    assert 1 <= elapsed < WAIT
     assert not dirs["state"].exists()
 
 
@@ -341,7 +398,7 @@ def test_port_in_use_is_a_clear_error(make_config):
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        done = run_login(make_config(redirect_uri=f"http://127.0.0.1:{port}/callback"), "demo")
+        done = run_inprocess(make_config(redirect_uri=f"http://127.0.0.1:{port}/callback"))
 
     assert done.code == 1
     assert f"port {port} on 127.0.0.1 is in use (" in done.err
@@ -357,7 +414,7 @@ def test_stray_requests_are_ignored(make_config, auth_server):
         statuses = [requests.get(origin + "/favicon.ico", timeout=15).status_code, requests.get(base, timeout=15).status_code]
         return [*statuses, follow(url).status_code]
 
-    done = run_login(make_config(), "demo", drive=browse)
+    done = run_inprocess(make_config(), drive=browse)
 
     assert done.code == 0, done.err
     assert done.driven == [404, 400, 200]
@@ -389,7 +446,7 @@ def test_no_graphical_session_prints_the_url_instead_of_opening_a_browser(make_c
     for name in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER"):
         monkeypatch.delenv(name, raising=False)
     port = free_port()
-    done = run_login(make_config(redirect_uri=f"http://127.0.0.1:{port}/callback"), "demo", drive=follow, browser=True)
+    done = run_inprocess(make_config(redirect_uri=f"http://127.0.0.1:{port}/callback"), drive=follow, browser=True)
 
     assert done.code == 0, done.err
     assert "No graphical session here" in done.err and f"ssh -L {port}:127.0.0.1:{port}" in done.err
@@ -424,7 +481,7 @@ def test_manual_with_pasted_url(make_config, auth_server, dirs):
 
 def test_manual_with_bare_code(make_config, auth_server, dirs):
     """--manual accepts just the code, without state, and logs in."""
-    done = run_login(make_config(), "demo", "--manual", paste=lambda url: query(redirect_location(url))["code"])
+    done = run_inprocess(make_config(), manual=True, paste=lambda url: query(redirect_location(url))["code"])
 
     assert done.code == 0, done.err
     assert state_file(dirs)["refresh_token"]
@@ -448,7 +505,7 @@ def test_manual_times_out_when_nothing_is_pasted(make_config, dirs):
         elapsed = time.monotonic() - started
 
     assert done.code == 1 and "nothing pasted within 1s" in done.err
-    assert 1 <= elapsed < 3
+    assert 1 <= elapsed < WAIT
     assert not dirs["state"].exists()
 
 
@@ -487,8 +544,8 @@ def test_non_loopback_redirect_uri_requires_manual(make_config, dirs):
     """An https redirect_uri cannot be listened on: without --manual it is a usage error, with --manual the login works."""
     with AuthServer(token_lifetime=3600, redirect_uris=["https://example.com/cb"]) as server:
         path = make_config(server=server, redirect_uri="https://example.com/cb")
-        refused = run_login(path, "demo")
-        done = run_login(path, "demo", "--manual", paste=redirect_location)
+        refused = run_inprocess(path)
+        done = run_inprocess(path, manual=True, paste=redirect_location)
         token = (dirs["tokens"] / "demo.token").read_text().strip()
         assert server.is_valid_access_token(token)
 
@@ -505,7 +562,7 @@ def test_spotify_shaped_exchange(make_config, dirs):
     """A `provider: spotify` account sends show_dialog, then Basic auth and exactly grant_type, code, redirect_uri, code_verifier."""
     with AuthServer(token_lifetime=3600, spotify_quirks=True) as server:
         path = make_config(server=server, redirect_uri="http://127.0.0.1/callback", extra="    provider: spotify\n    show_dialog: true\n")
-        done = run_login(path, "demo", drive=follow)
+        done = run_inprocess(path, drive=follow)
         (authorize,) = authorize_requests(server)
         (exchange,) = token_requests(server)
 
@@ -522,7 +579,7 @@ def test_spotify_shaped_exchange(make_config, dirs):
 
 def test_public_client_sends_client_id_and_verifier_without_authorization(make_config, auth_server, dirs):
     """A public client (client_auth none) exchanges with client_id and code_verifier in the form and no Authorization header."""
-    done = run_login(make_config(client_id=DEMO_PUBLIC_CLIENT_ID, client_secret=None), "demo", drive=follow)
+    done = run_inprocess(make_config(client_id=DEMO_PUBLIC_CLIENT_ID, client_secret=None), drive=follow)
 
     assert done.code == 0, done.err
     (exchange,) = token_requests(auth_server)
@@ -552,7 +609,7 @@ def test_invalid_code_is_refused_and_nothing_is_stored(make_config, auth_server,
 
 def test_invalid_client_is_reported(make_config, auth_server, dirs):
     """A wrong client secret is reported as invalid_client with exit 1, and the secret is not echoed."""
-    done = run_login(make_config(client_secret="wrong-secret-123"), "demo", drive=follow)
+    done = run_inprocess(make_config(client_secret="wrong-secret-123"), drive=follow)
 
     assert done.code == 1
     assert "code exchange failed: HTTP 401 invalid_client" in done.err and "check client_id and the client secret" in done.err
@@ -610,7 +667,7 @@ def test_running_daemon_picks_up_a_new_login(demo_config, auth_server, dirs):
         assert daemon.snapshot()["demo"].needs_login and state_file(dirs)["needs_login"] is True
         before = daemon.store.mtime("demo")
 
-        done = run_login(demo_config, "demo", drive=follow)
+        done = run_inprocess(demo_config, drive=follow)
         assert done.code == 0, done.err
         state = state_file(dirs)
         assert state["needs_login"] is False and state["refresh_token"] != seed
@@ -631,10 +688,9 @@ needs_provider = pytest.mark.skipif(bool(_provider_missing), reason=_provider_mi
 _browser_missing = browser_unavailable_reason()
 
 
-@pytest.fixture(scope="module")
-def op() -> Iterator[OidcProvider]:
-    with OidcProvider(access_ttl=300) as provider:
-        yield provider
+@pytest.fixture
+def op(oidc_provider: OidcProvider) -> OidcProvider:
+    return oidc_provider
 
 
 @pytest.fixture
@@ -666,14 +722,10 @@ def get_token(path: Path, account: str = "op") -> str:
     return out.getvalue().strip()
 
 
-def refresh_cli(path: Path, account: str = "op") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "freshtoken", "-c", str(path), "refresh", account],
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-        check=False,
-    )
+def refresh_cli(path: Path, account: str = "op") -> tuple[int, str, str]:
+    """`freshtoken refresh ACCOUNT` through the CLI's main(): exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    return main(["-c", str(path), "refresh", account], stdout=out, stderr=err), out.getvalue(), err.getvalue()
 
 
 def over_http(url: str) -> requests.Response:
@@ -686,7 +738,7 @@ def over_http(url: str) -> requests.Response:
 def test_oidc_login_then_refresh_and_get(op, oidc_config, client, redirect_uri):
     """Against node-oidc-provider, login over HTTP (port-less loopback URI), then `refresh` and `get` give tokens the server accepts."""
     path = oidc_config(client, redirect_uri)
-    done = run_login(path, "op", drive=over_http)
+    done = run_inprocess(path, "op", drive=over_http)
 
     assert done.code == 0, done.err + op.log_text()[-2000:]
     assert done.driven.status_code == 200 and "freshtoken: logged in" in done.driven.text
@@ -694,9 +746,9 @@ def test_oidc_login_then_refresh_and_get(op, oidc_config, client, redirect_uri):
     first = get_token(path)
     assert op.token_info(first)["client_id"] == client
 
-    refreshed = refresh_cli(path)
-    assert refreshed.returncode == 0, refreshed.stderr
-    assert "op: refreshed" in refreshed.stdout
+    code, out, err = refresh_cli(path)
+    assert code == 0, err
+    assert "op: refreshed" in out
     second = get_token(path)
     assert second != first and op.token_is_valid(second)
 
@@ -705,7 +757,7 @@ def test_oidc_login_then_refresh_and_get(op, oidc_config, client, redirect_uri):
 def test_oidc_manual_with_pasted_url(op, oidc_config):
     """--manual with the redirect URL from the provider's consent (nothing listening on :8888) logs in."""
     path = oidc_config("conf-client", "http://127.0.0.1:8888/callback")
-    done = run_login(path, "op", "--manual", paste=approve_over_http)
+    done = run_inprocess(path, "op", manual=True, paste=approve_over_http)
 
     assert done.code == 0, done.err
     assert op.token_is_valid(get_token(path))
@@ -715,7 +767,7 @@ def test_oidc_manual_with_pasted_url(op, oidc_config):
 def test_oidc_access_denied(op, oidc_config, dirs):
     """Cancelling on the provider's consent page ends the login with exit 1 and "login denied: access_denied"."""
     path = oidc_config("public-client", "http://127.0.0.1/callback")
-    done = run_login(path, "op", drive=lambda url: requests.get(approve_over_http(url, deny=True), timeout=15))
+    done = run_inprocess(path, "op", drive=lambda url: requests.get(approve_over_http(url, deny=True), timeout=15))
 
     assert done.code == 1
     assert "freshtoken: login denied: access_denied" in done.err

@@ -32,10 +32,9 @@ pytestmark = pytest.mark.skipif(bool(_provider_missing), reason=_provider_missin
 REDIRECT = "http://127.0.0.1:{port}/callback"
 
 
-@pytest.fixture(scope="module")
-def op():
-    with OidcProvider(access_ttl=30) as provider:
-        yield provider
+@pytest.fixture
+def op(oidc_provider):
+    return oidc_provider
 
 
 def _token_request(op: OidcProvider, client: OidcClient, data: dict) -> requests.Response:
@@ -79,7 +78,7 @@ def test_login_refresh_rotation(op, which):
     client = op.public_client if which == "public" else op.conf_client
     tokens = _login(op, client, REDIRECT.format(port=54321))
     assert tokens["token_type"].lower() == "bearer"
-    assert tokens["expires_in"] == 30
+    assert tokens["expires_in"] == op.access_ttl == 300
     assert tokens["scope"] == SCOPE
     assert op.token_is_valid(tokens["access_token"])
     assert op.token_info(tokens["access_token"])["client_id"] == client.client_id

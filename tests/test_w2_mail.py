@@ -222,7 +222,7 @@ def test_curl_reads_the_authorization_header_from_freshtoken_get_on_stdin(token_
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         get = subprocess.run([*shlex.split(get_command(token_dir)), "--format", "header"], capture_output=True, text=True, timeout=TIMEOUT)

@@ -22,6 +22,7 @@ import pytest
 
 from fakes import FakeClock
 from freshtoken import config as config_module
+from freshtoken.cli import main
 from freshtoken.errors import FreshtokenError, MalformedAnswer, TemporaryError
 from freshtoken.login import device_login
 from freshtoken.oauth import TokenClient, parse_device_code
@@ -295,6 +296,12 @@ def cli(path: Path, *args: str, stdin: Any = subprocess.DEVNULL) -> subprocess.P
     )
 
 
+def cli_here(path: Path, *args: str) -> tuple[int, str, str]:
+    """`freshtoken -c PATH ARGS...` through the CLI's main() in this process: exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    return main(["-c", str(path), *args], stdout=out, stderr=err), out.getvalue(), err.getvalue()
+
+
 def approve_when_asked(server: AuthServer) -> threading.Thread:
     """A user who approves the first device code the server hands out."""
 
@@ -312,10 +319,9 @@ def test_device_login_key_makes_login_use_the_device_flow(write_config):
     with AuthServer(device_interval=0.05) as server:
         path = device_config(write_config, server, "    device_login: true\n")
         approve_when_asked(server)
-        proc = cli(path, "login", "dev")
-        out, err = proc.communicate(timeout=WAIT)
+        code, out, err = cli_here(path, "login", "dev")
 
-    assert proc.returncode == 0, err
+    assert code == 0, err
     assert re.search(r"enter the code:  [A-Z]{4}-[A-Z]{4}\n", out) and "Logged in: account 'dev'" in out
     assert not any(r.path == "/authorize" for r in server.requests)
 
@@ -324,9 +330,8 @@ def test_no_device_overrides_the_key(write_config, dirs):
     """`--no-device` on an account with device_login: true goes through the browser flow (here: its missing authorize_url)."""
     with AuthServer() as server:
         path = device_config(write_config, server, "    device_login: true\n")
-        proc = cli(path, "login", "dev", "--no-device")
-        _, err = proc.communicate(timeout=WAIT)
-    assert proc.returncode == 78 and "authorize_url: missing" in err
+        code, _, err = cli_here(path, "login", "dev", "--no-device")
+    assert code == 78 and "authorize_url: missing" in err
 
 
 def test_device_needs_a_device_authorization_url(write_config):
@@ -335,16 +340,14 @@ def test_device_needs_a_device_authorization_url(write_config):
         "state_dir: {state}\ntoken_dir: {tokens}\naccounts:\n  dev:\n    token_url: http://127.0.0.1:9/t\n"
         "    client_id: x\n    client_auth: none\n"
     )
-    proc = cli(path, "login", "dev", "--device")
-    _, err = proc.communicate(timeout=WAIT)
-    assert proc.returncode == 78 and "accounts.dev.device_authorization_url: missing" in err
+    code, _, err = cli_here(path, "login", "dev", "--device")
+    assert code == 78 and "accounts.dev.device_authorization_url: missing" in err
 
 
 def test_device_and_manual_together_are_refused(write_config, server):
     """`--device --manual` is a usage error (2)."""
-    proc = cli(device_config(write_config, server), "login", "dev", "--device", "--manual")
-    _, err = proc.communicate(timeout=WAIT)
-    assert proc.returncode == 2 and "--device and --manual" in err
+    code, _, err = cli_here(device_config(write_config, server), "login", "dev", "--device", "--manual")
+    assert code == 2 and "--device and --manual" in err
 
 
 def test_ctrl_c_while_waiting_exits_130_without_a_traceback(write_config, dirs):

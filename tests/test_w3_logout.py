@@ -14,7 +14,7 @@ import requests
 
 from freshtoken.cli import main
 from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer
-from oidcprovider import SCOPE, OidcProvider, approve_over_http, callback_params, pkce_pair, provider_unavailable_reason
+from oidcprovider import SCOPE, approve_over_http, callback_params, pkce_pair, provider_unavailable_reason
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -145,34 +145,34 @@ _provider_missing = provider_unavailable_reason()
 
 
 @pytest.mark.skipif(bool(_provider_missing), reason=_provider_missing or "")
-def test_logout_revokes_at_node_oidc_provider(write_config, dirs):
+def test_logout_revokes_at_node_oidc_provider(write_config, dirs, oidc_provider):
     """node-oidc-provider's revocation endpoint gets the refresh token; afterwards the provider refuses it."""
-    with OidcProvider(access_ttl=300) as op:
-        client = op.conf_client
-        verifier, challenge = pkce_pair()
-        redirect = "http://127.0.0.1:8888/callback"
-        code = callback_params(approve_over_http(op.authorization_url(client, redirect, state="s", code_challenge=challenge)))["code"]
-        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect, "code_verifier": verifier}
-        auth = (client.client_id, client.client_secret)
-        refresh_token = requests.post(op.token_url, data=form, auth=auth, timeout=10).json()["refresh_token"]
-        path = write_config(
-            "state_dir: {state}\ntoken_dir: {tokens}\naccounts:\n  op:\n    token_url: {t}\n    revocation_url: {r}\n"
-            "    client_id: {cid}\n    client_secret: {secret}\n    scopes: [{scope}]\n    refresh_token: {rt}\n",
-            t=op.token_url,
-            r=op.revocation_url,
-            cid=client.client_id,
-            secret=client.client_secret,
-            scope=SCOPE,
-            rt=refresh_token,
-        )
-        mark = op.log_mark()
-        exit_code, out, err = run("-c", str(path), "logout", "op")
+    op = oidc_provider
+    client = op.conf_client
+    verifier, challenge = pkce_pair()
+    redirect = "http://127.0.0.1:8888/callback"
+    code = callback_params(approve_over_http(op.authorization_url(client, redirect, state="s", code_challenge=challenge)))["code"]
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect, "code_verifier": verifier}
+    auth = (client.client_id, client.client_secret)
+    refresh_token = requests.post(op.token_url, data=form, auth=auth, timeout=10).json()["refresh_token"]
+    path = write_config(
+        "state_dir: {state}\ntoken_dir: {tokens}\naccounts:\n  op:\n    token_url: {t}\n    revocation_url: {r}\n"
+        "    client_id: {cid}\n    client_secret: {secret}\n    scopes: [{scope}]\n    refresh_token: {rt}\n",
+        t=op.token_url,
+        r=op.revocation_url,
+        cid=client.client_id,
+        secret=client.client_secret,
+        scope=SCOPE,
+        rt=refresh_token,
+    )
+    mark = op.log_mark()
+    exit_code, out, err = run("-c", str(path), "logout", "op")
 
-        assert exit_code == 0, err + op.log_text()[-2000:]
-        assert "revoked the refresh token at 127.0.0.1" in out
-        refused = requests.post(op.token_url, data={"grant_type": "refresh_token", "refresh_token": refresh_token}, auth=auth, timeout=10)
-        assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
-        assert "revocation.error" not in op.log_text().splitlines()[mark:]
+    assert exit_code == 0, err + op.log_text()[-2000:]
+    assert "revoked the refresh token at 127.0.0.1" in out
+    refused = requests.post(op.token_url, data={"grant_type": "refresh_token", "refresh_token": refresh_token}, auth=auth, timeout=10)
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    assert "revocation.error" not in op.log_text().splitlines()[mark:]
 
 
 def test_a_running_daemon_parks_the_account_after_logout_and_writes_no_token_again(logged_in, dirs, tmp_path):

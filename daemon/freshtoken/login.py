@@ -516,7 +516,8 @@ def _listen(
         if browser:
             _start_opener(opener or webbrowser.open, flow.url, err)
         print(f"Waiting up to {humanize(timeout)} for the browser to come back to {flow.redirect_uri} ...", file=err, flush=True)
-        serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="freshtoken-login", daemon=True)
+        # shutdown() waits up to one poll interval: a short one lets a finished login exit at once.
+        serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="freshtoken-login", daemon=True)
         serving.start()
         try:
             # The deadline bounds the wait for the callback; an exchange already under way is
