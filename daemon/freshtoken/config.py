@@ -124,9 +124,9 @@ def read_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark else None
-        raise ConfigError(file, "", f"malformed YAML: {exc.problem}", line) from None
+        raise ConfigError(file, "", f"malformed YAML: {_unquoted(str(exc.problem))}", line) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(file, "", f"malformed YAML: {exc}") from None
+        raise ConfigError(file, "", f"malformed YAML: {_unquoted(str(exc))}") from None
     except ValueError as exc:  # the constructors' int() and date(): a 5000-digit number, 2024-13-01
         raise ConfigError(file, "", f"malformed YAML: a value cannot be read ({exc})") from None
     except RecursionError:
@@ -137,6 +137,13 @@ def read_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
 
 
 FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# PyYAML quotes the file's own text in some problems ("found undefined alias 'abc…'"): a secret after a
+# stray `*` or `&` would be printed. Quoted text longer than a few characters (a token is) is left out.
+_QUOTED = re.compile(r"'[^'\n]{4,}'|\"[^\"\n]{4,}\"")
+
+
+def _unquoted(problem: str) -> str:
+    return _QUOTED.sub("'…'", problem)
 
 
 def _parse(text: str, loader_class: Any) -> tuple[Any, Any]:
