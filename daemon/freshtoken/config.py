@@ -137,13 +137,16 @@ def read_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
 
 
 FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-# PyYAML quotes the file's own text in some problems ("found undefined alias 'abc…'"): a secret after a
-# stray `*` or `&` would be printed. Quoted text longer than a few characters (a token is) is left out.
-_QUOTED = re.compile(r"'[^'\n]{4,}'|\"[^\"\n]{4,}\"")
+# PyYAML quotes the file's own text when it names an alias, an anchor or a tag ("found undefined alias
+# 'abc…'"): a secret after a stray `*`, `&` or `!` would be printed. YAML's own tags are kept: they help.
+_NAMED = re.compile(r"""\b(alias|anchor|tag) ('[^'\n]*'|"[^"\n]*")""")
 
 
 def _unquoted(problem: str) -> str:
-    return _QUOTED.sub("'…'", problem)
+    def hide(match: re.Match[str]) -> str:
+        return match.group(0) if match.group(2)[1:].startswith("tag:yaml.org,2002:") else f"{match.group(1)} '…'"
+
+    return _NAMED.sub(hide, problem)
 
 
 def _parse(text: str, loader_class: Any) -> tuple[Any, Any]:
