@@ -5,9 +5,12 @@ that restarting it cannot disturb the session's shared one. The figures' definit
 the benchmarks' docstrings; here only the goals are asserted, never a wall-clock figure.
 """
 
+# ruff: noqa: F811  (pytest fixtures imported from pgcluster are parameters here)
+
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from pgfleet import FleetOptions, run_fleet, summary  # noqa: E402
 
 import pgcluster  # noqa: E402
-
-pytestmark = pytest.mark.slow
+from freshtoken.errors import TemporaryError  # noqa: E402
+from freshtoken.model import AccountState, Secret  # noqa: E402
+from freshtoken.pgstore import PgStore  # noqa: E402
+from freshtoken.statestore import SaveFailed  # noqa: E402
+from pgcluster import pg_cluster, pg_dsn  # noqa: E402, F401  (fixtures)
 
 # Extra token requests allowed over 1.05 x the minimum, per account: one. A redundant refresh
 # happens when a host's run, woken by another host's NOTIFY, takes the row lock so late (a
@@ -41,6 +47,8 @@ def own_cluster() -> Iterator[pgcluster.PgCluster]:
         cluster.stop()
 
 
+@pytest.mark.slow
+@pytest.mark.slow
 def test_three_daemons_killed_and_a_database_restart_spend_no_refresh_token_twice(tmp_path: Path, own_cluster: pgcluster.PgCluster) -> None:
     """3 daemons x 10 accounts x 10 s tokens for 45 s, 4 SIGKILLs + restarts and a PostgreSQL restart: no reuse, every sample valid.
 
@@ -58,3 +66,21 @@ def test_three_daemons_killed_and_a_database_restart_spend_no_refresh_token_twic
         assert samples["samples"] > 0 and samples["valid"] == samples["samples"] and samples["torn"] == 0, (host, samples)
     assert report.requests <= 1.05 * report.minimum + EXTRA_PER_ACCOUNT * options.accounts, summary(report)
     assert all(codes[-1] == 0 for codes in report.daemon_exits.values()), report.daemon_exits  # SIGTERM at the end: a clean stop
+
+
+def test_an_error_saved_under_a_live_hosts_unsaved_attempt_leaves_the_attempt(pg_dsn: str) -> None:
+    """A host that meets a live host's unsaved attempt cannot save its error over it: the next holder still finds the attempt and waits."""
+    with PgStore(pg_dsn, host="a") as a, PgStore(pg_dsn, host="b") as b:
+        with b.transaction("team") as tx:
+            tx.save(AccountState(refresh_token=Secret("r1")))
+        with a.transaction("team") as stalled:
+            stalled.before_send()  # a's attempt is committed; a's lock then goes, its process (presence) lives on
+        with b.transaction("team") as tx:
+            with pytest.raises(TemporaryError, match="waiting for it"):
+                tx.before_send()
+            with pytest.raises(SaveFailed, match="a's refresh of this version is not saved yet"):
+                tx.save(tx.state.with_error("waiting for a", time.time()))
+        with b.transaction("team") as tx:
+            assert tx.attempt is not None and tx.attempt.host == "a" and tx.version == 1
+            with pytest.raises(TemporaryError, match="waiting for it"):
+                tx.before_send()
