@@ -21,6 +21,7 @@ psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip i
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from pgfleet import FleetOptions, run_fleet, summary  # noqa: E402
+from pgstall_daemon import run_stall  # noqa: E402
 
 import pgcluster  # noqa: E402
 from freshtoken.errors import TemporaryError  # noqa: E402
@@ -49,6 +50,7 @@ def own_cluster() -> Iterator[pgcluster.PgCluster]:
 
 @pytest.mark.slow
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_three_daemons_killed_and_a_database_restart_spend_no_refresh_token_twice(tmp_path: Path, own_cluster: pgcluster.PgCluster) -> None:
     """3 daemons x 10 accounts x 10 s tokens for 45 s, 4 SIGKILLs + restarts and a PostgreSQL restart: no reuse, every sample valid.
 
@@ -84,3 +86,17 @@ def test_an_error_saved_under_a_live_hosts_unsaved_attempt_leaves_the_attempt(pg
             assert tx.attempt is not None and tx.attempt.host == "a" and tx.version == 1
             with pytest.raises(TemporaryError, match="waiting for it"):
                 tx.before_send()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_daemon_frozen_past_its_lock_while_another_takes_over_spends_nothing_twice(tmp_path: Path) -> None:
+    """A real daemon SIGSTOPped past its lock's life, before its send and inside its request: the other daemon never resends its token."""
+    trials = {t.point: t for t in run_stall(tmp_path, trials=1, idle=4.0, delay=2.0, durable=False)}
+    before, inside = trials["before-send"], trials["in-request"]
+    # Frozen holding the lock before the send: B takes over once the server ends A's session, refreshes, and A sends nothing.
+    assert (before.double_spends, before.outcome, before.grant_lost, before.a_requests_after_cont) == (0, "settled", False, 0), before
+    assert before.b_requests_while_frozen == 1, before
+    # Frozen inside the request: B meets A's attempt and waits rather than send the token A may have spent.
+    assert inside.hit, inside
+    assert (inside.double_spends, inside.b_requests_while_frozen) == (0, 0), inside
