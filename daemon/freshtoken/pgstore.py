@@ -915,6 +915,17 @@ class PgTransaction:
         """
         if self._phase == "lost":
             raise SaveFailed(self.where, "the session holding the lock has ended")
+        attempt = self.attempt
+        if (
+            attempt is not None
+            and not attempt.sender_gone
+            and attempt.age < self._store.attempt_wait
+            and state.refresh_token == self.state.refresh_token
+        ):
+            # A live host's refresh of this version is unsaved (before_send() refused to send). Saving anything but a new
+            # refresh token (an error, for status) would bump the version and drop its attempt record: the next holder
+            # would then send the token that host may have spent, and that host's recovery save would be fenced off.
+            raise SaveFailed(self.where, f"{attempt.host}'s refresh of this version is not saved yet; the row is left as it is")
         refreshed = state.last_refresh != self.state.last_refresh
         conn, locked = self._conn, self._phase == "locked"
         try:  # the first save ends the locked transaction; a later one runs in a transaction of its own
