@@ -438,3 +438,20 @@ def test_after_a_database_restart_a_living_senders_attempt_is_waited_for(pg_clus
             with pytest.raises(TemporaryError, match="has not saved the answer; waiting"):
                 other.before_send()
         tx._conn.close()  # noqa: SLF001  (its session ended with the restart)
+
+
+def test_a_process_does_not_wait_for_its_own_attempt_that_got_no_answer(pg_dsn: str) -> None:
+    """A sender whose lock died with its request unanswered may try again at once; another host still waits for it."""
+    with PgStore(pg_dsn, host="a") as a, PgStore(pg_dsn, host="b") as b, psycopg.connect(pg_dsn, autocommit=True) as admin:
+        with a.transaction("acct") as first:
+            first.save(first.state)
+        with a.transaction("acct") as tx:
+            tx.before_send()  # a's request goes out, and its answer never comes back; the session then dies
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE state = 'idle in transaction'")
+        with b.transaction("acct") as other:
+            assert other.attempt is not None and not other.attempt.mine
+            with pytest.raises(TemporaryError, match="waiting for it"):
+                other.before_send()
+        with a.transaction("acct") as again:
+            assert again.attempt is not None and again.attempt.mine
+            assert again.before_send() > 0  # no 600 s wait for itself

@@ -243,6 +243,7 @@ class TokenClient:
         started = self.clock()
         watch = _WATCHDOG.start(deadline)
         response: requests.Response | None = None
+        complete = False
         try:
             try:
                 response = self.session.post(
@@ -257,11 +258,15 @@ class TokenClient:
                 _WATCHDOG.add(watch, _socket_of(response))  # the headers are in; a session of our own covered them too
                 try:
                     body, unreadable = _read_capped(response, MAX_ANSWER, redaction), None
+                    complete = True
                 except _Unreadable as exc:
                     body, unreadable = b"", str(exc)
             finally:
                 _WATCHDOG.stop(watch)
-                if watch.expired:
+                # An answer read whole is used even if the deadline passed meanwhile: a process frozen (SIGSTOP,
+                # a VM pause) while the answer arrived wakes up past its deadline, and that answer may hold the only
+                # copy of a rotated refresh token. The deadline is for answers that do not come, not for this one.
+                if watch.expired and not complete:
                     raise TemporaryError(f"no complete answer within {deadline:g}s ({host})") from None
         except requests.Timeout as exc:
             kind = "connecting" if isinstance(exc, requests.ConnectTimeout) else "waiting for an answer"

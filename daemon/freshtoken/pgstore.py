@@ -267,7 +267,9 @@ class AccountRow:
 class Attempt:
     """A refresh token sent (or about to be) by `host` at `started_at` (epoch) whose outcome was never saved.
 
-    `age`: seconds since, by the database's clock; `sender_gone`: the sending process no longer holds its presence lock.
+    `age`: seconds since, by the database's clock; `sender_gone`: the sending process no longer holds its presence lock;
+    `mine`: this process sent it, and its request has ended without an answer worth keeping (a rotated token held in
+    memory is saved first, by refresh.Refresher, before anything else happens in the transaction).
     """
 
     host: str
@@ -275,6 +277,7 @@ class Attempt:
     started_at: float
     age: float = 0.0
     sender_gone: bool = False
+    mine: bool = False
 
 
 _ROW = """account, version, doc, extract(epoch from expires_at)::float8, extract(epoch from refresh_due_at)::float8,
@@ -683,7 +686,7 @@ class PgStore:
                 gone = bool(taken and taken[0])
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"{account}: PostgreSQL ({self.where}): {_first_line(exc, self._password)}") from None
-        return Attempt(str(host), version, float(started_at), age=float(age), sender_gone=gone)
+        return Attempt(str(host), version, float(started_at), age=float(age), sender_gone=gone, mine=presence == self.presence)
 
     def record_attempt(self, account: str, version: int) -> None:
         """Commit, on a session of its own, that this process is about to send the refresh token of `version`."""
@@ -880,12 +883,16 @@ class PgTransaction:
         and LockLost raised. The returned budget is what is left of the lock's life since the check.
         """
         attempt = self.attempt
-        if attempt is not None and not attempt.sender_gone and attempt.age < self._store.attempt_wait:
+        if attempt is not None and not attempt.mine and not attempt.sender_gone and attempt.age < self._store.attempt_wait:
             raise TemporaryError(
                 f"{self.account}: {attempt.host} sent this refresh token {attempt.age:.0f}s ago and has not saved the answer;"
                 " waiting for it (it may be stalled) rather than spend the token twice"
             )
-        if attempt is not None:
+        if attempt is not None and attempt.mine:
+            # This process sent it and got no answer to keep (a frozen request past its deadline, say): only the
+            # stored token is left, whether the server spent it or not. Nobody else can hold a newer one.
+            log.info("%s: an earlier refresh from this process got no answer; trying the stored refresh token again", self.account)
+        elif attempt is not None:
             why = "its process is gone" if attempt.sender_gone else f"nothing heard for {attempt.age:.0f}s"
             log.warning(
                 "%s: %s's refresh was never saved (%s); the stored refresh token may be spent: trying it", self.account, attempt.host, why
@@ -918,6 +925,7 @@ class PgTransaction:
         attempt = self.attempt
         if (
             attempt is not None
+            and not attempt.mine
             and not attempt.sender_gone
             and attempt.age < self._store.attempt_wait
             and state.refresh_token == self.state.refresh_token
