@@ -105,7 +105,7 @@ class Claimer:
             self._tasks.put(account)
         if len(claimed) == free:
             return 0.0  # there may be more due: claim again as soon as a worker is free
-        next_due = self.store.next_due(names)
+        next_due = self.store.next_due(names, now)
         return IDLE_POLL if next_due is None else min(IDLE_POLL, max(0.0, next_due - now))
 
     def _work(self) -> None:
@@ -140,4 +140,4 @@ class ClaimingStore(Protocol):
 
     def claim_due(self, limit: int, now: float, *, lease: float = ..., templates: Sequence[str] | None = ...) -> list[str]: ...
 
-    def next_due(self, templates: Sequence[str]) -> float | None: ...
+    def next_due(self, templates: Sequence[str], now: float) -> float | None: ...

@@ -731,14 +731,20 @@ class PgStore:
             ).fetchall()
         return sorted(str(r[0]) for r in rows)
 
-    def next_due(self, templates: Sequence[str]) -> float | None:
-        """When the next grant of these templates falls due (epoch; None: none is scheduled)."""
+    def next_due(self, templates: Sequence[str], now: float) -> float | None:
+        """When the next grant of these templates falls due after `now` (epoch; None: none is scheduled).
+
+        Grants due already but claimed or locked by another host are left out: their host's commit
+        pokes the claimer (NOTIFY), and a dead host's lease is looked at again within claims.IDLE_POLL.
+        A min() over greatest(due, claimed_until) read every row (120 ms at 100,000 grants, per claim
+        that found less than it asked for); this one is the first entry of the due index after `now`.
+        """
         with self._session() as conn:
             row = conn.execute(
-                """SELECT extract(epoch from min(greatest(refresh_due_at, coalesce(claimed_until, refresh_due_at))))::float8
-                     FROM freshtoken_account
-                    WHERE refresh_due_at IS NOT NULL AND strpos(account, '/') > 0 AND split_part(account, '/', 1) = ANY(%s)""",
-                (list(templates),),
+                """SELECT extract(epoch from refresh_due_at)::float8 FROM freshtoken_account
+                    WHERE refresh_due_at > to_timestamp(%s::float8) AND strpos(account, '/') > 0 AND split_part(account, '/', 1) = ANY(%s)
+                    ORDER BY refresh_due_at LIMIT 1""",
+                (float(now), list(templates)),
             ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
