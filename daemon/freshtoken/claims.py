@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 LEASE = 60.0  # a claimed row is left to its host this long (a refresh takes less; a dead host's claims run out)
 IDLE_POLL = 5.0  # the longest a claimer sleeps with nothing due: a grant stored by an application is found this soon
+STOP_GRACE = 2.0  # as daemon.STOP_GRACE: what a refresh in flight at a stop gets to save the token it was sent
 
 
 class Claimer:
@@ -66,11 +68,19 @@ class Claimer:
         """Look for due grants now (a NOTIFY about a template user, a finished refresh)."""
         self._wake.set()
 
-    def stop(self) -> None:
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Claim nothing more, start no claimed refresh, and give those in flight `grace` seconds to save their answer.
+
+        The workers are daemon threads: without the wait, a refresh whose request has left dies with
+        the process, its rotated refresh token unsaved, and the next host sends the spent one.
+        """
         self.stopping.set()
         self._wake.set()
         for _ in range(self.workers):
             self._tasks.put(None)
+        deadline = time.monotonic() + grace
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _claim_loop(self) -> None:
         while not self.stopping.is_set():
@@ -111,7 +121,8 @@ class Claimer:
     def _work(self) -> None:
         while (name := self._tasks.get()) is not None:
             try:
-                self._refresh(name)
+                if not self.stopping.is_set():  # claimed but not started: its lease runs out and another host takes it
+                    self._refresh(name)
             finally:
                 self._free.release()
                 self._wake.set()
