@@ -27,10 +27,10 @@ import pytest
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install '.[postgres]')")
 
 from fakes import poll  # noqa: E402
+from freshtoken.model import AccountState, Secret  # noqa: E402
+from freshtoken.pgstore import PgStore  # noqa: E402
 from freshtoken.testing import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AuthServer  # noqa: E402
 from pgcluster import pg_cluster, pg_dsn  # noqa: E402, F401  (fixtures)
-
-pytestmark = pytest.mark.slow
 
 LIFETIME = 16.0  # seconds; a template's default margin is then half of it: each grant falls due 8 s after its refresh
 DUE_AFTER = LIFETIME / 2
@@ -110,6 +110,7 @@ def daemons() -> Iterator[list[Daemons]]:
         group.kill()
 
 
+@pytest.mark.slow
 def test_two_daemons_keep_300_users_fresh_refreshing_each_grant_once_per_cycle(tmp_path: Path, pg_dsn: str, daemons: list[Daemons]) -> None:
     """Two daemons share 300 template users: all fresh, no refresh token spent twice, each grant refreshed at most once per cycle."""
     users, cycles = 300, 3
@@ -151,6 +152,7 @@ def test_two_daemons_keep_300_users_fresh_refreshing_each_grant_once_per_cycle(t
         assert server.refreshes_ok == sum(len(t) for t in times.values()) <= users * bound
 
 
+@pytest.mark.slow
 def test_a_stopped_daemon_saves_the_answer_of_a_refresh_in_flight(tmp_path: Path, pg_dsn: str, daemons: list[Daemons]) -> None:
     """SIGTERM while a template user's token request is at the server: the daemon waits for the answer and saves the rotated token."""
     with AuthServer(token_lifetime=3600) as server:
@@ -164,3 +166,12 @@ def test_a_stopped_daemon_saves_the_answer_of_a_refresh_in_flight(tmp_path: Path
         assert server.refreshes_ok == 1
         (token,) = stored_refresh_tokens(pg_dsn).values()
         assert server.current_refresh_token(token) == token, "the rotated refresh token died with the daemon"
+
+
+def test_saving_template_users_leaves_nothing_per_user_in_the_stores_memory(pg_dsn: str) -> None:
+    """A store remembers the versions it saved for config accounts only: a daemon's memory does not grow with a template's users."""
+    with PgStore(pg_dsn) as store:
+        for name in ("app/user1", "app/user2", "team"):
+            with store.transaction(name) as tx:
+                tx.save(AccountState(refresh_token=Secret("r"), last_refresh=1.0))
+        assert list(store.saved_versions) == ["team"]

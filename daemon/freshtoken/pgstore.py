@@ -353,7 +353,7 @@ class PgStore:
         # in each attempt it records. Another host that can take it knows the sender is gone (see _sender_gone).
         self.presence = secrets.randbits(62) + 1
         self._presence_conn: psycopg.Connection[Any] | None = None
-        self.saved_versions: dict[str, int] = {}  # the last version this process saved, per account: its own NOTIFYs
+        self.saved_versions: dict[str, int] = {}  # the last version this process saved, per config account: its own NOTIFYs
 
     def __repr__(self) -> str:
         return f"PgStore({self.where!r})"
@@ -696,7 +696,8 @@ class PgStore:
     def _update(self, conn: psycopg.Connection[Any], account: str, version: int, state: AccountState, refreshed: bool) -> int:
         due_at = self.due(account, state) if self.due is not None else None
         new_version = _fenced_update(conn, self.host, account, version, state, due_at, refreshed)
-        self.saved_versions[account] = new_version
+        if USER_SEPARATOR not in account:  # a template user's NOTIFY only pokes the claimer: 100,000 users would be 12 MiB here
+            self.saved_versions[account] = new_version
         return new_version
 
     # ------------------------------------------------ work sharing
