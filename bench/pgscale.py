@@ -325,8 +325,9 @@ def proc_status(pid: int) -> dict[str, float]:
         return {"rss": 0.0, "hwm": 0.0, "cpu": 0.0}
 
 
-def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages: other work on the machine shows here."""
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
