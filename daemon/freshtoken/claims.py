@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from freshtoken.errors import FreshtokenError, TemporaryError
 from freshtoken.model import USER_SEPARATOR, Account, user_account
 from freshtoken.refresh import Refresher, RefreshPolicy
+from freshtoken.timing import STOP_GRACE
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +68,19 @@ class Claimer:
         """Look for due grants now (a NOTIFY about a template user, a finished refresh)."""
         self._wake.set()
 
-    def stop(self) -> None:
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Claim nothing more, start no claimed refresh, and give those in flight `grace` seconds to save their answer.
+
+        The workers are daemon threads: without the wait, a refresh whose request has left dies with
+        the process, its rotated refresh token unsaved, and the next host sends the spent one.
+        """
         self.stopping.set()
         self._wake.set()
         for _ in range(self.workers):
             self._tasks.put(None)
+        deadline = time.monotonic() + grace
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _claim_loop(self) -> None:
         while not self.stopping.is_set():
@@ -105,13 +115,14 @@ class Claimer:
             self._tasks.put(account)
         if len(claimed) == free:
             return 0.0  # there may be more due: claim again as soon as a worker is free
-        next_due = self.store.next_due(names)
+        next_due = self.store.next_due(names, now)
         return IDLE_POLL if next_due is None else min(IDLE_POLL, max(0.0, next_due - now))
 
     def _work(self) -> None:
         while (name := self._tasks.get()) is not None:
             try:
-                self._refresh(name)
+                if not self.stopping.is_set():  # claimed but not started: its lease runs out and another host takes it
+                    self._refresh(name)
             finally:
                 self._free.release()
                 self._wake.set()
@@ -140,4 +151,4 @@ class ClaimingStore(Protocol):
 
     def claim_due(self, limit: int, now: float, *, lease: float = ..., templates: Sequence[str] | None = ...) -> list[str]: ...
 
-    def next_due(self, templates: Sequence[str]) -> float | None: ...
+    def next_due(self, templates: Sequence[str], now: float) -> float | None: ...

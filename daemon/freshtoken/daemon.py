@@ -57,13 +57,12 @@ from freshtoken.refresh import Refresher, RefreshPolicy
 from freshtoken.statestore import open_store
 from freshtoken.status import HEARTBEAT_FILE
 from freshtoken.store import WAKE_SOCKET
-from freshtoken.timing import PERMANENT_BASE, REFRESH_TOKEN_WARN_EVERY, Plan, bounded, expiring_soon, grant_due, plan_next
+from freshtoken.timing import PERMANENT_BASE, REFRESH_TOKEN_WARN_EVERY, STOP_GRACE, Plan, bounded, expiring_soon, grant_due, plan_next
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT = 30.0  # APScheduler sleeps on CLOCK_MONOTONIC, which stops in suspend: wake it at least this often
 CLOCK_JUMP = 10.0  # wall clock moved this much more (or less) than the monotonic clock: a jump
-STOP_GRACE = 2.0  # seconds an in-flight refresh may take to finish after SIGTERM (a stop must not wait out a read timeout)
 
 
 # ---------------------------------------------------------------- what crosses threads: all frozen

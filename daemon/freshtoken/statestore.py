@@ -131,10 +131,14 @@ def open_store(config: Config, *, due: Callable[[str, AccountState], float | Non
     has no use for it.
     """
     if config.shared_state:
-        from freshtoken.pgstore import PgStore
+        from freshtoken.pgstore import MAX_IDLE, PgStore
         from freshtoken.timing import grant_due
 
-        return PgStore(config.shared_state, state_dir=config.state_dir, due=due or (lambda name, state: grant_due(config, name, state)))
+        # A refresh holds one session across its request and takes a second for its attempt record.
+        idle = max(MAX_IDLE, 2 * config.workers + 2)
+        return PgStore(
+            config.shared_state, state_dir=config.state_dir, max_idle=idle, due=due or (lambda name, state: grant_due(config, name, state))
+        )
     from freshtoken.store import Store
 
     return Store(config.state_dir)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from freshtoken.errors import FreshtokenError
     from freshtoken.model import AccountState, Config
 
+STOP_GRACE = 2.0  # seconds a refresh in flight at SIGTERM gets to save what it got (a stop must not wait out a read timeout)
 DEFAULT_LIFETIME = 3600.0  # assumed when a state does not tell how long its token lives
 MIN_MARGIN = 30.0
 JITTER_SHARE = 0.1  # refreshes move up to 10 % of the margin earlier, never later
