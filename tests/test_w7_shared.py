@@ -355,11 +355,11 @@ def test_a_template_user_is_refreshed_and_read_through_the_cli(tmp_path: Path, p
     code, out, _ = run_cli("-c", str(path), "get", "app", "--user", "alice")
     assert code == 0 and server.is_valid_access_token(out.strip())
     assert run_cli("-c", str(path), "get", "app")[0] == 1  # get alone reads only files; a template user has none
-    assert "template app: 1 users' grants, 1 with a valid token, 0 waiting for a login" in run_cli("-c", str(path), "status")[1]
+    assert "template app: 1 user grant(s), 1 with a valid token, 0 waiting for a login" in run_cli("-c", str(path), "status")[1]
     code, out, err = run_cli("-c", str(path), "logout", "app", "--user", "alice")
     assert code == 0, err
     assert run_cli("-c", str(path), "get", "app", "--user", "alice")[0] == 1
-    assert "template app: 0 users' grants" in run_cli("-c", str(path), "status")[1]
+    assert "template app: 0 user grant(s)" in run_cli("-c", str(path), "status")[1]
 
 
 def test_check_config_shows_the_shared_state_without_its_password(tmp_path: Path, pg_dsn: str, server: AuthServer) -> None:
@@ -455,3 +455,35 @@ def test_a_process_does_not_wait_for_its_own_attempt_that_got_no_answer(pg_dsn: 
         with a.transaction("acct") as again:
             assert again.attempt is not None and again.attempt.mine
             assert again.before_send() > 0  # no 600 s wait for itself
+
+
+def test_every_command_on_a_database_without_the_schema_says_run_db_init(tmp_path: Path, pg_cluster: PgCluster, server: AuthServer) -> None:
+    """status, refresh, get/logout/login --user on a database where `db init` never ran: exit 78 in one line, no traceback."""
+    dsn = pg_cluster.dsn(pg_cluster.new_database())
+    path = write_config(tmp_path, "a", dsn, server, {"team": server.issue_refresh_token(DEMO_CLIENT_ID, "s")})
+    section = template_section(server) + f"    authorize_url: {server.authorize_url}\n    redirect_uri: http://127.0.0.1/callback\n"
+    path.write_text(path.read_text() + section)
+    code, out, err = run_cli("-c", str(path), "status")  # status describes each account, the reason in its row
+    assert code == 1 and "has no freshtoken schema: run `freshtoken db init`" in out and "Traceback" not in out + err
+    for argv in (
+        ["refresh", "team"],
+        ["get", "app", "--user", "bob"],
+        ["logout", "app", "--user", "bob"],
+        ["login", "app", "--user", "bob", "--no-browser", "--timeout", "5"],  # before any URL is printed
+    ):
+        code, out, err = run_cli("-c", str(path), *argv)
+        assert (code, out) == (78, ""), (argv, code, out, err)
+        assert "schema" in err and "run `freshtoken db init`" in err and "Traceback" not in err, argv
+
+
+def test_db_init_takes_its_options_after_the_command_and_a_template_needs_user(
+    tmp_path: Path, pg_cluster: PgCluster, server: AuthServer
+) -> None:
+    """`db init -c FILE` works like every command; `refresh TEMPLATE` without --user says to give one."""
+    dsn = pg_cluster.dsn(pg_cluster.new_database())
+    path = write_config(tmp_path, "a", dsn, server, {"team": "seed"})
+    path.write_text(path.read_text() + template_section(server))
+    code, out, err = run_cli("db", "init", "-c", str(path))
+    assert code == 0 and "migrated to schema version 1" in out, err
+    code, _, err = run_cli("-c", str(path), "refresh", "app")
+    assert code == 2 and "'app' is a template" in err and "--user NAME" in err

@@ -77,6 +77,7 @@ COMMAND_EXITS: dict[str, tuple[tuple[int, str], ...]] = {
             " expired, valid for less than --min-valid, or not readable (the message says which group to join)",
         ),
         (2, "bad command line: unknown option, or not an account name"),
+        (75, "--user: PostgreSQL cannot be reached"),
         (78, "-c CONFIG: " + _CONFIG),
     ),
     "status": (
@@ -249,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-valid", type=_duration, default=0, metavar="DURATION", help="fail unless the token is valid for at least this long"
     )
     get.add_argument("--token-dir", metavar="DIR", help="read the token from DIR, overriding every default (see below)")
-    get.add_argument("--user", metavar="NAME", help=USER_HELP + ", read from PostgreSQL (needs the config)")
+    get.add_argument("--user", metavar="NAME", help=USER_HELP + ", read from PostgreSQL (reads the config and the database)")
 
     status = sub.add_parser(
         "status",
@@ -319,7 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
         " the view of access tokens and nothing else: never a refresh token or a client secret.",
     )
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    db_init = db_sub.add_parser("init", help="create or upgrade the schema")
+    db_init = db_sub.add_parser(
+        "init",
+        parents=[common],
+        formatter_class=formatter,
+        help="create or upgrade the schema",
+        description=db.description,
+        epilog=exit_codes("db"),
+    )
     db_init.add_argument("--reader-role", metavar="ROLE", help="let ROLE read the freshtoken_tokens view only (e.g. freshtoken_reader)")
 
     migrate = sub.add_parser(
@@ -561,9 +569,14 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str
 
             from freshtoken.sharedcmd import template_rows
 
-            for t in template_rows(config, time.time()):
+            try:
+                templates = template_rows(config, time.time())
+            except FreshtokenError as exc:
+                templates = []
+                print(f"templates: {exc}", file=out)
+            for t in templates:
                 print(
-                    f"template {t['template']}: {t['users']} users' grants, {t['valid']} with a valid token,"
+                    f"template {t['template']}: {t['users']} user grant(s), {t['valid']} with a valid token,"
                     f" {t['needs_login']} waiting for a login",
                     file=out,
                 )
@@ -606,6 +619,11 @@ def cmd_login(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str]
     config = _load_config(args, environ)
     _setup_logging(args, args.verbose, environ, err, accounts=lambda: config.accounts)
     account = _one_account(config, args)
+    if config.shared_state:  # before the browser: a login approved into a database without the schema would be lost
+        from freshtoken.sharedcmd import pg_store
+
+        with pg_store(config, state_dir=False) as store:
+            store.check_schema()
     device = account.device_login if args.device is None else args.device
     if device:
         from freshtoken.login import device_login
@@ -834,7 +852,9 @@ def _select_accounts(config: Any, names: Sequence[str]) -> list[Any]:
         return list(config.accounts.values())
     unknown = [n for n in names if n not in config.accounts]
     if unknown:
-        known = ", ".join(config.accounts)
+        if unknown[0] in config.templates:
+            raise UsageError(f"{unknown[0]!r} is a template in {config.file}: give the user's grant with --user NAME")
+        known = ", ".join([*config.accounts, *config.templates])
         raise UsageError(f"unknown account {unknown[0]!r} in {config.file} (configured: {known})")
     return [config.accounts[n] for n in dict.fromkeys(names)]
 

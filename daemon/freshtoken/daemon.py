@@ -428,7 +428,7 @@ class Daemon:
         plan = self._plan(track, outcome, now)
         if not isinstance(outcome, FreshtokenError):
             if self._database_down:
-                log.info("the shared state is reachable again")
+                log.debug("the shared state is reachable again")  # the listener says so at WARNING
                 self._database_down = False
             runs = _counted(view.runs, "success" if report.refreshed else "current")
             expires_at = outcome.access.expires_at if outcome.access else None
@@ -552,7 +552,7 @@ class Daemon:
         except OSError as exc:  # only `status` loses a figure; the beat goes on
             log.debug("cannot touch %s: %s", HEARTBEAT_FILE, exc.strerror or exc)
 
-    def _rescan(self, *, parked_only: bool = False) -> None:
+    def _rescan(self, *, parked_only: bool = False, by_host: bool = False) -> None:
         """Re-read each account whose state file changed on disk (a login by another process) and plan it anew.
 
         A changed account runs at once: a new login's token is still valid, so that run only
@@ -563,7 +563,7 @@ class Daemon:
             if parked_only and not track.view.needs_login:
                 continue
             try:
-                self._reread(track, self.store.mtime(name), now, by_host=False)
+                self._reread(track, self.store.mtime(name), now, by_host=by_host)
             except Exception as exc:
                 log.error("%s: %s", name, internal_error(name, "re-reading the state", exc))
 
@@ -592,7 +592,7 @@ class Daemon:
     def _changed(self, what: str) -> None:
         """A NOTIFY from the shared state: another host saved an account; write its new token into our files at once."""
         if not what:
-            self._rescan()  # (re)connected: what was said meanwhile is lost
+            self._rescan(by_host=True)  # (re)connected: what was said meanwhile is lost
             return
         version, _, name = what.partition(":")
         track = self._tracks.get(name)

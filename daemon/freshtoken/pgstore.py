@@ -425,8 +425,14 @@ class PgStore:
             raise DatabaseUnavailable(f"PostgreSQL ({self.where}): {_first_line(exc)}") from None
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"PostgreSQL ({self.where}): {_first_line(exc, self._password)}") from None
+        except (pgerrors.UndefinedTable, pgerrors.UndefinedFunction):
+            raise self.no_schema() from None
         finally:
             self._give_back(conn)
+
+    def no_schema(self) -> SchemaMismatch:
+        """What a command meets on a database where `freshtoken db init` has not run (exit 78, not a traceback)."""
+        return SchemaMismatch(f"PostgreSQL ({self.where}) has no freshtoken schema: run `freshtoken db init`")
 
     # ------------------------------------------------ schema
 
@@ -655,6 +661,8 @@ class PgStore:
             if row is None:  # a concurrent insert makes ours wait, then do nothing; the SELECT then waits for its lock
                 conn.execute("INSERT INTO freshtoken_account (account) VALUES (%s) ON CONFLICT (account) DO NOTHING", (account,))
                 row = conn.execute(select, (account,)).fetchone()
+        except (pgerrors.UndefinedTable, pgerrors.UndefinedFunction):
+            raise self.no_schema() from None
         except pgerrors.LockNotAvailable:
             raise TemporaryError(f"{account}: another host has held the account's lock in PostgreSQL for {self.timeouts.lock:g}s") from None
         except pgerrors.QueryCanceled as exc:

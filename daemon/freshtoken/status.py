@@ -337,7 +337,8 @@ def check_config(config: Config) -> str:
     if config.shared_state:
         from freshtoken.pgstore import redact  # MissingExtra (exit 78) without psycopg, as `run` would say
 
-        lines.append(f"shared state  PostgreSQL {redact(config.shared_state.reveal())} (the state dir keeps the daemon lock only)")
+        where = redact(config.shared_state.reveal())
+        lines.append(f"shared state  PostgreSQL {where} (not contacted by check-config; the state dir keeps the daemon lock only)")
         for name, template in config.templates.items():
             lines.append(f"template {name}: users' grants are rows {name}/USER, refreshed at {public_url(template.token_url)}")
     for account in config.accounts.values():

@@ -30,7 +30,7 @@ complete -c freshtoken -n '__fish_seen_subcommand_from refresh' -l user -x -d 't
 complete -c freshtoken -n '__fish_seen_subcommand_from get' -l format -x -a 'raw json header env' -d 'raw: the token alone; json: token, type, expiry and scope; header: `Authorization: Bearer ...`; env: ACCESS_TOKEN=... (default raw)'
 complete -c freshtoken -n '__fish_seen_subcommand_from get' -l min-valid -x -d 'fail unless the token is valid for at least this long'
 complete -c freshtoken -n '__fish_seen_subcommand_from get' -l token-dir -r -F -d 'read the token from DIR, overriding every default (see below)'
-complete -c freshtoken -n '__fish_seen_subcommand_from get' -l user -x -d 'the user whose grant of the template ACCOUNT (templates: in the config, with shared_state) this is, read from PostgreSQL (needs the config)'
+complete -c freshtoken -n '__fish_seen_subcommand_from get' -l user -x -d 'the user whose grant of the template ACCOUNT (templates: in the config, with shared_state) this is, read from PostgreSQL (reads the config and the database)'
 complete -c freshtoken -n '__fish_seen_subcommand_from status' -l json -d 'print a JSON list, one object per account, instead of the table; each has the same `daemon` object (running, pid, since, last_heartbeat as epoch seconds)'
 complete -c freshtoken -n '__fish_seen_subcommand_from add' -l provider -x -d 'a preset (spotify, microsoft, google, github) or generic (then give --token-url)'
 complete -c freshtoken -n '__fish_seen_subcommand_from add' -l client-id -x -d 'the client id of your registered app'
