@@ -112,7 +112,7 @@ def test_every_option_of_every_command_has_a_help_line() -> None:
 
 
 def test_get_help_mentions_every_option_where_it_looks_and_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
-    """`get --help` names every option, where get looks for the token, and get's own exit codes (78 for -c, never 75)."""
+    """`get --help` names every option, where get looks for the token, and get's own exit codes (78 for -c, 75 only for --user)."""
     assert main("get", "--help")[0] == 0
     text = capsys.readouterr().out
     for option in ("ACCOUNT", "--format", "--min-valid", "--token-dir", "--config", "--verbose"):
@@ -120,7 +120,7 @@ def test_get_help_mentions_every_option_where_it_looks_and_the_exit_codes(capsys
     assert "$XDG_RUNTIME_DIR/freshtoken" in text and "/run/freshtoken" in text
     for code in ("0 ", "1 ", "2 ", "78 "):
         assert f"\n  {code}" in text
-    assert "\n  75 " not in text  # get only reads a file: the epilog is get's own
+    assert "\n  75   --user: PostgreSQL cannot be reached" in text  # get only reads a file, unless --user reads the database
 
 
 def test_top_level_help_lists_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
