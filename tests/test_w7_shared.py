@@ -487,3 +487,11 @@ def test_db_init_takes_its_options_after_the_command_and_a_template_needs_user(
     assert code == 0 and "migrated to schema version 1" in out, err
     code, _, err = run_cli("-c", str(path), "refresh", "app")
     assert code == 2 and "'app' is a template" in err and "--user NAME" in err
+
+
+def test_a_multi_host_connection_string_is_shown_without_a_password_or_an_empty_port() -> None:
+    """The failover form of shared_state (several hosts, no ports) is shown as libpq reads it, password and empty port left out."""
+    from freshtoken.pgstore import redact
+
+    shown = redact("postgresql://freshtoken:pw@db1.example,db2.example/freshtoken?target_session_attrs=read-write")
+    assert shown == "user=freshtoken dbname=freshtoken host=db1.example,db2.example target_session_attrs=read-write"

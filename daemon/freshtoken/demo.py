@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 CONFIG = """\
 # Written by `freshtoken demo`; the same keys work against Spotify or any OAuth 2.0 server.
+# ${{DEMO_CLIENT_SECRET}} and ${{DEMO_REFRESH_TOKEN}} are set by the demo for its own daemon only: `status` and
+# `get` need neither; commands that send requests (refresh, check-config) exit 78 without them.
 state_dir: {root}/state
 token_dir: {root}/tokens
 backoff_max: 10s

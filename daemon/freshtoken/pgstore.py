@@ -150,6 +150,8 @@ def redact(dsn: str) -> str:
     """The connection string without its password, fit for messages and logs."""
     params = parse_dsn(dsn)
     params.pop("password", None)
+    if not params.get("port", "").strip(","):
+        params.pop("port", None)  # a multi-host URI without ports parses as port=",": the default port, not worth showing
     return make_conninfo("", **params)
 
 
