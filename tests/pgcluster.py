@@ -200,12 +200,11 @@ def lock_waiters(dsn: str) -> int:
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll a condition another thread or process will make true; fail after a generous deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+    """fakes.poll that fails naming what it waited for."""
+    from fakes import poll
+
+    if not poll(predicate, timeout, interval=0.005):
+        raise AssertionError(f"timed out waiting for {what}")
 
 
 # ---------------------------------------------------------------- a lock holder in a process of its own

@@ -50,6 +50,7 @@ class Claimer:
         self.stopping = stopping
         self.refreshed = 0  # counts, for the log and the benchmarks
         self.failed = 0
+        self._counting = threading.Lock()
         self._wake = threading.Event()
         self._free = threading.Semaphore(workers)
         self._tasks: queue.SimpleQueue[str | None] = queue.SimpleQueue()
@@ -132,18 +133,22 @@ class Claimer:
         template = self.templates().get(template_name)
         if template is None:
             return  # removed from the config by a reload: its rows stay, unclaimed, until it comes back
+        ok = False
         try:
             self.refresher.refresh(user_account(template, user), RefreshPolicy.SCHEDULED)
-            self.refreshed += 1
+            ok = True
         except TemporaryError as exc:
-            self.failed += 1
             log.warning("%s: %s; retried by the next claim", name, exc)
         except FreshtokenError as exc:  # invalid_grant and the like: the saved state says so, and the row is not claimed again
-            self.failed += 1
             log.error("%s: %s", name, exc)
         except Exception:
-            self.failed += 1
             log.exception("%s: internal error refreshing", name)
+        finally:
+            with self._counting:  # `+=` from several workers at once could lose a count
+                if ok:
+                    self.refreshed += 1
+                else:
+                    self.failed += 1
 
 
 class ClaimingStore(Protocol):

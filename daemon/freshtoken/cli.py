@@ -622,7 +622,7 @@ def cmd_login(args: argparse.Namespace, environ: Mapping[str, str], out: IO[str]
     if config.shared_state:  # before the browser: a login approved into a database without the schema would be lost
         from freshtoken.sharedcmd import pg_store
 
-        with pg_store(config, state_dir=False) as store:
+        with pg_store(config) as store:
             store.check_schema()
     device = account.device_login if args.device is None else args.device
     if device:
@@ -852,20 +852,17 @@ def _select_accounts(config: Any, names: Sequence[str]) -> list[Any]:
         return list(config.accounts.values())
     unknown = [n for n in names if n not in config.accounts]
     if unknown:
-        if unknown[0] in config.templates:
-            raise UsageError(f"{unknown[0]!r} is a template in {config.file}: give the user's grant with --user NAME")
-        known = ", ".join([*config.accounts, *config.templates])
-        raise UsageError(f"unknown account {unknown[0]!r} in {config.file} (configured: {known})")
+        from freshtoken.sharedcmd import resolve_account
+
+        resolve_account(config, unknown[0], None)  # raises the UsageError that says why (a template, or unknown)
     return [config.accounts[n] for n in dict.fromkeys(names)]
 
 
 def _one_account(config: Any, args: argparse.Namespace) -> Any:
     """ACCOUNT, or TEMPLATE --user NAME (a user's grant in the shared state)."""
-    if args.user or config.templates:
-        from freshtoken.sharedcmd import resolve_account
+    from freshtoken.sharedcmd import resolve_account
 
-        return resolve_account(config, args.account, args.user)
-    return _select_accounts(config, [args.account])[0]
+    return resolve_account(config, args.account, args.user)
 
 
 def _make_refresher(config: Any) -> Any:

@@ -267,6 +267,7 @@ class AccountRow:
     refresh_due_at: float | None
     last_refresh_host: str | None
     updated_at: float
+    unusable: StateUnusable | None = None  # why the stored document could not be used (`state` is then empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,7 +409,7 @@ class PgStore:
                 conn.execute("SELECT pg_advisory_lock(%s)", (self.presence,))
             except psycopg.Error as exc:
                 conn.close()
-                raise DatabaseUnavailable(f"PostgreSQL ({self.where}): {_first_line(exc, self._password)}") from None
+                raise self._down(exc) from None
 
     def __enter__(self) -> PgStore:
         return self
@@ -423,14 +424,17 @@ class PgStore:
         try:
             with conn.transaction():
                 yield conn
-        except pgerrors.QueryCanceled as exc:
-            raise DatabaseUnavailable(f"PostgreSQL ({self.where}): {_first_line(exc)}") from None
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(f"PostgreSQL ({self.where}): {_first_line(exc, self._password)}") from None
+        except (pgerrors.QueryCanceled, psycopg.OperationalError) as exc:
+            raise self._down(exc) from None
         except (pgerrors.UndefinedTable, pgerrors.UndefinedFunction):
             raise self.no_schema() from None
         finally:
             self._give_back(conn)
+
+    def _down(self, exc: BaseException, account: str = "") -> DatabaseUnavailable:
+        """The one-line DatabaseUnavailable for a psycopg error (the password scrubbed, should libpq ever echo it)."""
+        about = f"{account}: " if account else ""
+        return DatabaseUnavailable(f"{about}PostgreSQL ({self.where}): {_first_line(exc, self._password)}")
 
     def no_schema(self) -> SchemaMismatch:
         """What a command meets on a database where `freshtoken db init` has not run (exit 78, not a traceback)."""
@@ -495,7 +499,7 @@ class PgStore:
         """The account's row as it is now, without waiting for a lock (status, and the NOTIFY handler)."""
         with self._session() as conn:
             row = conn.execute(f"SELECT {_ROW} FROM freshtoken_account WHERE account = %s", (account,)).fetchone()  # noqa: S608  # _ROW is a constant
-        return None if row is None else _account_row(row)
+        return None if row is None else _account_row(row, self.where)
 
     def load(self, account: str) -> AccountState:
         """The stored state, read only (StateUnusable for a document this code cannot use; an empty state if there is none)."""
@@ -511,11 +515,6 @@ class PgStore:
         except DatabaseUnavailable:
             return None
         return None if row is None else float(row[0])
-
-    def accounts(self, prefix: str = "") -> list[str]:
-        with self._session() as conn:
-            rows = conn.execute("SELECT account FROM freshtoken_account WHERE starts_with(account, %s) ORDER BY account", (prefix,))
-            return [str(r[0]) for r in rows]
 
     def template_summary(self, template: str, now: float) -> dict[str, int]:
         """How many users' grants `template` has: in all, with a valid access token, waiting for a login."""
@@ -670,7 +669,7 @@ class PgStore:
         except pgerrors.QueryCanceled as exc:
             raise TemporaryError(f"{account}: PostgreSQL ({self.where}): {_first_line(exc)}") from None
         except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(f"{account}: PostgreSQL ({self.where}): {_first_line(exc, self._password)}") from None
+            raise self._down(exc, account) from None
         assert row is not None  # noqa: S101  # inserted just above, and rows are never deleted under a lock
         return tuple(row)
 
@@ -699,7 +698,7 @@ class PgStore:
                 taken = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (presence,)).fetchone()
                 gone = bool(taken and taken[0])
         except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(f"{account}: PostgreSQL ({self.where}): {_first_line(exc, self._password)}") from None
+            raise self._down(exc, account) from None
         return Attempt(str(host), version, float(started_at), age=float(age), sender_gone=gone, mine=presence == self.presence)
 
     def record_attempt(self, account: str, version: int) -> None:
@@ -803,13 +802,14 @@ class PgStore:
         return Listener(conn, self.where)
 
 
-def _account_row(row: Any) -> AccountRow:
+def _account_row(row: Any, where: str) -> AccountRow:
     account = str(row[0])
+    unusable = None
     try:
-        state = AccountState.from_json(row[2])
-    except (ValueError, TypeError):
-        state = AccountState()  # status says so through load(); a row is still a row
-    return AccountRow(account, int(row[1]), state, row[3], row[4], row[5], float(row[6]))
+        state = _state(account, row[2], where)
+    except StateUnusable as exc:  # a row is still a row: status shows why
+        state, unusable = AccountState(), exc
+    return AccountRow(account, int(row[1]), state, row[3], row[4], row[5], float(row[6]), unusable)
 
 
 def _fenced_update(

@@ -10,7 +10,7 @@ import re
 from typing import IO, TYPE_CHECKING, Any
 
 from freshtoken.errors import ConfigError, FreshtokenError, TokenUnavailable, UsageError
-from freshtoken.model import USER_SEPARATOR, Account, Config, user_account
+from freshtoken.model import USER_SEPARATOR, Account, AccountState, Config, user_account
 
 if TYPE_CHECKING:
     from freshtoken.pgstore import PgStore
@@ -18,18 +18,16 @@ if TYPE_CHECKING:
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,199}")  # as freshtoken_put_grant() checks it in SQL
 
 
-def pg_store(config: Config, *, state_dir: bool = True) -> PgStore:
-    """The config's PostgreSQL store; a ConfigError (exit 78) for a config that has none."""
+def pg_store(config: Config) -> PgStore:
+    """The config's PostgreSQL store (statestore.open_store); a ConfigError (exit 78) for a config that has none."""
     if config.shared_state is None:
         raise ConfigError(config.file, "shared_state", "not set: this command works on the shared state in PostgreSQL")
     from freshtoken.pgstore import PgStore
-    from freshtoken.timing import grant_due
+    from freshtoken.statestore import open_store
 
-    return PgStore(
-        config.shared_state,
-        state_dir=config.state_dir if state_dir else None,
-        due=lambda name, state: grant_due(config, name, state),
-    )
+    store = open_store(config)
+    assert isinstance(store, PgStore)  # noqa: S101  # shared_state is set
+    return store
 
 
 def resolve_account(config: Config, name: str, user: str | None) -> Account:
@@ -51,7 +49,7 @@ def resolve_account(config: Config, name: str, user: str | None) -> Account:
 
 def db_init(config: Config, reader_role: str | None, out: IO[str]) -> int:
     """`freshtoken db init`: create or upgrade the schema; with --reader-role, let that role read the tokens view only."""
-    with pg_store(config, state_dir=False) as store:
+    with pg_store(config) as store:
         applied = store.migrate()
         from freshtoken.pgstore import SCHEMA_VERSION
 
@@ -74,7 +72,7 @@ def migrate_state(config: Config, names: list[str], *, to_files: bool, force: bo
 
     files = Store(config.state_dir)
     worst = 0
-    with pg_store(config, state_dir=False) as db:
+    with pg_store(config) as db:
         db.check_schema()
         source, target = (db, files) if to_files else (files, db)
         where = "the state dir" if to_files else "PostgreSQL"
@@ -103,7 +101,7 @@ def get_from_db(config: Config, account: Account, fmt: str, min_valid: float, no
     from freshtoken.durations import humanize
     from freshtoken.formats import render
 
-    with pg_store(config, state_dir=False) as store:
+    with pg_store(config) as store:
         row = store.read(account.name)
     access = row.state.access if row else None
     if access is None:
@@ -119,25 +117,21 @@ def get_from_db(config: Config, account: Account, fmt: str, min_valid: float, no
 
 
 def describe(config: Config, now: float) -> list[dict[str, Any]]:
-    """status's rows from PostgreSQL: the state dir's rows, plus which host refreshed last and when the row changed.
+    """status's rows from PostgreSQL: the state dir's rows, plus which host refreshed last. One read per account.
 
     The database being down is a row error for each account, as an unreadable state file is.
     """
-    from freshtoken.errors import DatabaseUnavailable
     from freshtoken.status import _describe_one, _error_row
 
     rows = []
     try:
-        with pg_store(config, state_dir=False) as store:
+        with pg_store(config) as store:
             for account in config.accounts.values():
-                try:
-                    state = store.load(account.name)  # StateUnusable for a document this code cannot use
-                    row = store.read(account.name)
-                except DatabaseUnavailable:
-                    raise
-                except FreshtokenError as exc:
-                    rows.append({**_error_row(config, account, str(exc)), "state_file": store.where})
+                row = store.read(account.name)
+                if row is not None and row.unusable is not None:
+                    rows.append({**_error_row(config, account, str(row.unusable)), "state_file": store.where})
                     continue
+                state = row.state if row else AccountState()
                 rows.append(
                     {
                         **_describe_one(config, account, state, now),
@@ -145,7 +139,7 @@ def describe(config: Config, now: float) -> list[dict[str, Any]]:
                         "last_refresh_host": row.last_refresh_host if row else None,
                     }
                 )
-    except DatabaseUnavailable as exc:
+    except FreshtokenError as exc:  # down, or no schema: every row says so
         return [_error_row(config, account, str(exc)) for account in config.accounts.values()]
     return rows
 
@@ -154,7 +148,7 @@ def template_rows(config: Config, now: float) -> list[dict[str, Any]]:
     """One status row per template: how many users' grants it has, how many valid, how many waiting for a login."""
     if not config.templates:
         return []
-    with pg_store(config, state_dir=False) as store:
+    with pg_store(config) as store:
         return [{"template": name, **store.template_summary(name, now)} for name in config.templates]
 
 

@@ -13,6 +13,8 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
+from freshtoken.model import USER_SEPARATOR
+
 if TYPE_CHECKING:
     from freshtoken.errors import FreshtokenError
     from freshtoken.model import AccountState, Config
@@ -208,7 +210,7 @@ def grant_due_at(state: AccountState, margin_config: float | None) -> float | No
 
 def grant_due(config: Config, name: str, state: AccountState) -> float | None:
     """grant_due_at for the account (or template user TEMPLATE/USER) `name` of `config`: what a shared store saves."""
-    account = config.accounts.get(name) or config.templates.get(name.partition("/")[0])  # model.USER_SEPARATOR
+    account = config.accounts.get(name) or config.templates.get(name.partition(USER_SEPARATOR)[0])
     return grant_due_at(state, config.margin_for(account) if account else config.refresh_margin)
 
 
