@@ -147,14 +147,18 @@ def get(
         raise UsageError(f"{account!r} is not an account name (a letter or digit, then letters, digits, '_', '.' and '-')")
     path = find_token_file(account, token_dir_candidates(environ, token_dir, config_token_dir))
     value, token_type, expires_at, scope = read_token(path, account)
-    left = expires_at - now
+    check_valid_for(account, expires_at - now, min_valid)
+    return render_values(fmt, value, token_type, expires_at, scope, account)
+
+
+def check_valid_for(account: str, left: float, min_valid: float) -> None:
+    """TokenUnavailable unless a token with `left` seconds to live satisfies --min-valid (and has not expired)."""
     if left <= 0 or left < min_valid:
         from freshtoken.durations import humanize  # only on failure: it compiles a regex at import
 
         if left <= 0:
             raise TokenUnavailable(f"the token for {account!r} expired {humanize(-left)} ago; check `freshtoken status`")
         raise TokenUnavailable(f"the token for {account!r} is valid for {humanize(left)} only, less than --min-valid {humanize(min_valid)}")
-    return render_values(fmt, value, token_type, expires_at, scope, account)
 
 
 TOP_KEYS = frozenset(CONFIG_KEYS)  # the config's top-level keys; another key makes the scanner unsure

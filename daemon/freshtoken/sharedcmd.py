@@ -98,21 +98,15 @@ def migrate_state(config: Config, names: list[str], *, to_files: bool, force: bo
 
 def get_from_db(config: Config, account: Account, fmt: str, min_valid: float, now: float) -> bytes:
     """`get TEMPLATE --user NAME`: the user's current access token, read from PostgreSQL (no file holds it)."""
-    from freshtoken.durations import humanize
     from freshtoken.formats import render
+    from freshtoken.getcmd import check_valid_for
 
     with pg_store(config) as store:
         row = store.read(account.name)
     access = row.state.access if row else None
     if access is None:
         raise TokenUnavailable(f"no token for {account.name!r} in PostgreSQL; `freshtoken login {_login_words(account)}` stores one")
-    left = access.expires_at - now
-    if left <= 0:
-        raise TokenUnavailable(f"the token for {account.name!r} expired {humanize(-left)} ago; check `freshtoken status`")
-    if left < min_valid:
-        raise TokenUnavailable(
-            f"the token for {account.name!r} is valid for {humanize(left)} only, less than --min-valid {humanize(min_valid)}"
-        )
+    check_valid_for(account.name, access.expires_at - now, min_valid)  # the same rule and words as `get` from a file
     return render(fmt, access, account.name)
 
 
