@@ -33,6 +33,8 @@ from typing import NamedTuple
 
 import requests
 
+from fakes import poll
+
 OIDC_DIR = Path(__file__).resolve().parent / "oidc"
 SERVER_SCRIPT = OIDC_DIR / "server.mjs"
 BROWSER_SCRIPT = OIDC_DIR / "browser.mjs"
@@ -268,14 +270,12 @@ class OidcProvider:
 
     def wait_for_log(self, text: str, timeout: float = 5.0, *, start: int = 0) -> bool:
         """Wait until a log line from index ``start`` on contains ``text``."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def logged() -> bool:
             with self._log_lock:
-                if any(text in line for line in self._log[start:]):
-                    return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)
+                return any(text in line for line in self._log[start:])
+
+        return poll(logged, timeout)
 
     @property
     def issuer(self) -> str:

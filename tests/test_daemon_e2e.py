@@ -60,15 +60,8 @@ class DaemonProcess:
 
     def wait_for(self, text: str, timeout: float = 10.0) -> bool:
         """True once `text` is in the log; False after `timeout` or as soon as the process has exited without it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            exited = self.popen.poll() is not None
-            if text in self.text():
-                return True
-            if exited:
-                return False
-            time.sleep(0.02)
-        return False
+        poll(lambda: self.popen.poll() is not None or text in self.text(), timeout)
+        return text in self.text()  # read after the exit was seen: the last lines are in by then
 
     def ready(self, timeout: float = 10.0) -> None:
         assert self.wait_for("ready: ", timeout), self.text()

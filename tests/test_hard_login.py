@@ -19,6 +19,7 @@ import pytest
 import requests
 
 import test_login as tl
+from fakes import poll
 from freshtoken import config as config_module
 from freshtoken.errors import TemporaryError
 from freshtoken.login import _read_head, login
@@ -52,10 +53,7 @@ class Trickler:
             self.sent += 1
 
     def wait_sent(self, count: int) -> None:
-        deadline = time.monotonic() + WAIT
-        while self.sent < count:
-            assert time.monotonic() < deadline, "the trickler could not send"
-            time.sleep(0.05)
+        assert poll(lambda: self.sent >= count, WAIT, interval=0.05), "the trickler could not send"
 
     def close(self) -> None:
         self.stop.set()

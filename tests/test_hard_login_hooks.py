@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+from fakes import poll
 from freshtoken.hooks import run_hook
 
 WAIT = 20.0
@@ -21,10 +22,7 @@ def _token_file(tmp_path: Path, token: str = "tok-" + "z" * 40) -> Path:
 
 
 def _background_pid(pidfile: Path) -> int:
-    deadline = time.monotonic() + WAIT
-    while not pidfile.exists() or not pidfile.read_text().strip():
-        assert time.monotonic() < deadline, "the hook never wrote its child's pid"
-        time.sleep(0.02)
+    assert poll(lambda: pidfile.exists() and pidfile.read_text().strip(), WAIT), "the hook never wrote its child's pid"
     return int(pidfile.read_text())
 
 
@@ -85,9 +83,6 @@ def test_the_time_limit_still_kills_the_hook_and_its_children(tmp_path, caplog):
     try:
         assert result is None
         assert any("killed after 0.3s" in r.getMessage() for r in caplog.records)
-        deadline = time.monotonic() + WAIT
-        while not _gone(child):
-            assert time.monotonic() < deadline, "the hook's background child survived the kill"
-            time.sleep(0.02)
+        assert poll(lambda: _gone(child), WAIT), "the hook's background child survived the kill"
     finally:
         _kill(child)
